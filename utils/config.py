@@ -1,0 +1,155 @@
+"""The run configuration: Hydra composes it, this module types and checks it.
+
+Nothing past `pretrain.py` sees a raw DictConfig: `load_config` turns the composed
+config into a `PretrainConfig` (unknown keys refused) and the `arch` section into the
+architecture's own pydantic model, and every mistake becomes a `ConfigError` whose one
+line names the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from dataset.common import UserError
+
+
+class ConfigError(UserError):
+    """A bad configuration value; the message names the key and the fix."""
+
+
+class PretrainConfig(BaseModel):
+    """Every run setting (names and defaults follow TRM's `cfg_pretrain.yaml`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arch: dict[str, Any]
+    """The architecture section; validated by the architecture's own config class."""
+    data_paths: list[str]
+    """Training dataset folders (several are concatenated)."""
+    data_paths_test: list[str] = []
+    """Evaluation dataset folders; empty means the test split of `data_paths`."""
+    evaluators: list[dict[str, Any]] = []
+    """Extra evaluators, e.g. `[{name: arc}]`."""
+
+    global_batch_size: int
+    """Examples per optimiser step, summed over all ranks."""
+    epochs: int
+    """Passes over the training data."""
+    eval_interval: int | None = None
+    """Evaluate every this many epochs (None: only at the end)."""
+    min_eval_interval: int | None = 0
+    """Skip evaluations before this many epochs."""
+    checkpoint_every_eval: bool = True
+    """Save a checkpoint at every evaluation (one is always saved at the end)."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps (for demos and smoke tests); the LR schedule
+    still spans the whole run."""
+
+    optimizer: Literal["adam_atan2", "adamw"] = "adam_atan2"
+    """Weights optimiser: TRM's Adam-atan2 or AdamW (BERT)."""
+    lr: float
+    """Peak learning rate."""
+    lr_min_ratio: float = 1.0
+    """Final learning rate as a fraction of `lr` (1.0: constant after warmup)."""
+    lr_warmup_steps: int = 2000
+    """Steps of linear warmup from 0."""
+    lr_schedule: Literal["cosine", "linear"] = "cosine"
+    """Shape of the decay after warmup."""
+    beta1: float = 0.9
+    """Adam beta1."""
+    beta2: float = 0.95
+    """Adam beta2."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay of the weights."""
+    grad_clip_norm: float = 0.0
+    """Clip the global gradient norm to this value (0: no clipping)."""
+    puzzle_emb_lr: float = 1e-2
+    """Learning rate of the sparse sign-SGD on puzzle embeddings (TRM)."""
+    puzzle_emb_weight_decay: float = 0.1
+    """Weight decay of the puzzle embeddings (TRM)."""
+    freeze_weights: bool = False
+    """Train only the puzzle embeddings (TRM fine-tuning)."""
+    ema: bool = False
+    """Keep an exponential moving average of the weights; evaluation uses it."""
+    ema_rate: float = 0.999
+    """EMA decay per step."""
+    max_nonfinite_steps: int = 10
+    """Stop after this many optimiser steps in a row with a non-finite loss or gradient."""
+
+    seed: int = 0
+    """Seed of initialisation, data order, masking and halting exploration."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train; `auto` picks CUDA when available."""
+    compile: bool = True
+    """`torch.compile` the model on accelerators (CPU runs eager)."""
+    log_interval: int = 10
+    """Steps between metric records (means over the interval)."""
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """Weights & Biases: `auto` logs online when logged in, offline otherwise, and is
+    off when the package is not installed."""
+    eval_only: bool = False
+    """Run the evaluators on `+load_checkpoint` without training."""
+
+    project_name: str | None = None
+    """Run group (`+project_name=`); default: `<dataset>-<arch>`."""
+    run_name: str | None = None
+    """Run name (`+run_name=`); default: `<arch>-<date>-<time>`."""
+    checkpoint_path: str | None = None
+    """Run folder (`+checkpoint_path=`); default: `checkpoints/<project>/<run>`."""
+    load_checkpoint: str | None = None
+    """Resume from a checkpoint folder, a run folder or `latest` (`+load_checkpoint=`)."""
+    init_from_hf: str | None = None
+    """Start BERT from a Hugging Face `transformers` checkpoint folder (`+init_from_hf=`)."""
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> PretrainConfig:
+        positive = {"global_batch_size": self.global_batch_size, "epochs": self.epochs, "log_interval": self.log_interval}
+        for key, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{key} must be positive, got {value}")
+        if self.eval_interval is not None:
+            if self.eval_interval <= 0:
+                raise ValueError(f"eval_interval must be positive, got {self.eval_interval}")
+            if self.epochs % self.eval_interval:
+                raise ValueError(
+                    f"epochs ({self.epochs}) must be a multiple of eval_interval ({self.eval_interval}); "
+                    "change one of them"
+                )
+        if not self.data_paths:
+            raise ValueError("data_paths is empty; pass data_paths=\"[path/to/dataset]\"")
+        if self.eval_only and not self.load_checkpoint:
+            raise ValueError("eval_only=true needs +load_checkpoint=PATH")
+        if not 0.0 <= self.ema_rate < 1.0:
+            raise ValueError(f"ema_rate must be in [0, 1), got {self.ema_rate}")
+        return self
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line naming the first bad key and what it accepts."""
+    first = error.errors()[0]
+    key = prefix + ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{key}'; check the spelling (known keys are in config/*.yaml)"
+    if first["type"] == "missing":
+        return f"config key '{key}' is required"
+    message = first["msg"].removeprefix("Value error, ")
+    if key:
+        return f"config key '{key}': {message} (got {first.get('input')!r})"
+    return message
+
+
+def validate(model_class: type[BaseModel], values: dict[str, Any], prefix: str = "") -> BaseModel:
+    """`model_class.model_validate(values)`, raising `ConfigError` with one line."""
+    try:
+        return model_class.model_validate(values)
+    except ValidationError as error:
+        message = format_validation_error(error, prefix)
+        first = error.errors()[0]
+        if first["type"] == "extra_forbidden" and len(first["loc"]) == 1:
+            close = difflib.get_close_matches(str(first["loc"][0]), list(model_class.model_fields), n=1)
+            if close:
+                message += f"; did you mean '{prefix}{close[0]}'?"
+        raise ConfigError(message) from None

@@ -1,0 +1,115 @@
+"""Process-group set-up and the few collectives the loop needs.
+
+One process per device. Under `torchrun` the environment names the rank and world size;
+GPUs use NCCL and CPUs gloo. Without `torchrun` everything runs in one process and no
+process group is created: every helper here then degenerates to a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits: its rank, the number of ranks and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes files and logs."""
+        return self.rank == 0
+
+
+def init_distributed(device_preference: str = "auto") -> DistContext:
+    """Pick the device and, under torchrun, join the process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_preference == "cuda" or (device_preference == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise RuntimeError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over ranks in place and return it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_gradients(parameters: list[torch.nn.Parameter], bucket_bytes: int = 64 << 20) -> None:
+    """Sum the gradients of `parameters` over ranks, a flat bucket at a time."""
+    if not is_distributed():
+        return
+    grads = [param.grad for param in parameters if param.grad is not None]
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for grad in grads:
+        if bucket and (size + grad.numel() * grad.element_size() > bucket_bytes or grad.dtype != bucket[0].dtype):
+            _reduce_bucket(bucket)
+            bucket, size = [], 0
+        bucket.append(grad)
+        size += grad.numel() * grad.element_size()
+    if bucket:
+        _reduce_bucket(bucket)
+
+
+def _reduce_bucket(grads: list[torch.Tensor]) -> None:
+    flat = torch.cat([grad.reshape(-1) for grad in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+def broadcast_object(value, src: int = 0):
+    """Rank `src`'s value of a picklable object, on every rank."""
+    if not is_distributed():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def all_gather_batch_first(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's tensor along dim 0 (equal shapes on every rank)."""
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def destroy() -> None:
+    """Leave the process group, if any."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,117 @@
+"""Export a BERT training checkpoint as a Hugging Face `transformers` model folder.
+
+    python -m utils.export_hf --checkpoint checkpoints/PROJECT/RUN/step_1000 --output-dir my-bert
+    python utils/export_hf.py --checkpoint CKPT --output-dir DIR --weights raw --overwrite
+
+The output holds `config.json`, `model.safetensors` and the tokenizer files, and loads with
+`transformers.BertForMaskedLM.from_pretrained(DIR)` (`BertForPreTraining` when NSP was
+trained) and `AutoTokenizer.from_pretrained(DIR)`. The EMA weights are exported when the
+checkpoint has them, unless `--weights raw`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pydantic import ValidationError  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from dataset.common import UserError, atomic_output_dir, run_cli, write_json  # noqa: E402
+from models.bert.config import BertConfig  # noqa: E402
+from models.bert.hf import hf_config_dict, to_hf_state_dict  # noqa: E402
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+"""Files copied from the checkpoint's `tokenizer/` folder when present."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder written by pretrain.py")
+    parser.add_argument("--output-dir", required=True, help="folder to create for the transformers model")
+    parser.add_argument(
+        "--weights", choices=("ema", "raw"), default=None, help="which weights to export (default: ema when saved)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+    return parser.parse_args(argv)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    """A JSON file of the checkpoint; a missing one is a UserError naming it."""
+    if not path.is_file():
+        raise UserError(f"{path} not found: is {path.parent} a checkpoint folder written by pretrain.py? ({what})")
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def read_bert_config(checkpoint: Path) -> BertConfig:
+    """The `arch` section of the checkpoint's run config, which must be a BERT."""
+    run_config = _read_json(checkpoint / "config.json", "run config")
+    arch = run_config.get("arch")
+    if not isinstance(arch, dict) or arch.get("name") != "bert":
+        name = arch.get("name") if isinstance(arch, dict) else None
+        raise UserError(f"{checkpoint} holds a {name!r} model, not BERT; only arch=bert checkpoints can be exported")
+    try:
+        return BertConfig.model_validate(arch)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise UserError(f"{checkpoint}/config.json: arch.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def weights_file(checkpoint: Path, weights: str | None) -> Path:
+    """`ema.safetensors` (preferred when present) or `model.safetensors`, as asked."""
+    ema, raw = checkpoint / "ema.safetensors", checkpoint / "model.safetensors"
+    if weights == "ema" and not ema.is_file():
+        raise UserError(f"{ema} not found: this run kept no EMA weights; pass --weights raw")
+    chosen = raw if weights == "raw" or (weights is None and not ema.is_file()) else ema
+    if not chosen.is_file():
+        raise UserError(f"{chosen} not found: is {checkpoint} a checkpoint folder written by pretrain.py?")
+    return chosen
+
+
+def copy_tokenizer(checkpoint: Path, output: Path) -> list[str]:
+    """Copy the tokenizer files; AutoTokenizer needs tokenizer.json or vocab.txt."""
+    folder = checkpoint / "tokenizer"
+    present = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    if "tokenizer.json" not in present and "vocab.txt" not in present:
+        raise UserError(f"{folder} has no tokenizer.json or vocab.txt; the checkpoint lacks its tokenizer")
+    for name in present:
+        shutil.copy2(folder / name, output / name)
+    return present
+
+
+def export(checkpoint: Path, output_dir: Path, weights: str | None = None, overwrite: bool = False) -> Path:
+    """Write the Hugging Face folder for `checkpoint` at `output_dir` (atomically)."""
+    if not checkpoint.is_dir():
+        raise UserError(f"checkpoint folder {checkpoint} not found")
+    config = read_bert_config(checkpoint)
+    dataset = _read_json(checkpoint / "dataset.json", "dataset metadata")
+    missing = [key for key in ("vocab_size", "pad_id") if key not in dataset]
+    if missing:
+        raise UserError(f"{checkpoint}/dataset.json lacks {missing}; is it the metadata of an MLM dataset?")
+    vocab_size = config.resolved_vocab_size(dataset["vocab_size"])
+    with_nsp = config.loss.use_nsp
+    hf_state = to_hf_state_dict(load_file(weights_file(checkpoint, weights)), config, vocab_size, with_nsp)
+    architecture = "BertForPreTraining" if with_nsp else "BertForMaskedLM"
+    with atomic_output_dir(output_dir, overwrite=overwrite) as folder:
+        write_json(folder / "config.json", hf_config_dict(config, vocab_size, dataset["pad_id"], [architecture]))
+        save_file(hf_state, folder / "model.safetensors", metadata={"format": "pt"})
+        copy_tokenizer(checkpoint, folder)
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags, export, report."""
+    args = parse_args(argv)
+    output = export(Path(args.checkpoint), Path(args.output_dir), args.weights, args.overwrite)
+    print(f"wrote {output}: load it with transformers' from_pretrained('{output}')")
+
+
+if __name__ == "__main__":
+    run_cli(main)

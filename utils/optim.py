@@ -1,0 +1,131 @@
+"""Optimisers and learning-rate schedules.
+
+- `AdamAtan2`: Adam with the update m / (sqrt(v) + eps) replaced by atan2(m, sqrt(v))
+  (no epsilon), as TRM trains with; pure PyTorch, so it runs on any device.
+- `SparseSignSGD`: TRM's optimiser for the puzzle-embedding table: only the rows used in
+  the batch move, by the sign of their gradient (duplicate ids summed, then over ranks).
+- `learning_rate`: linear warmup, then cosine (TRM) or linear (BERT) decay to a floor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class AdamAtan2(torch.optim.Optimizer):
+    """Adam-atan2 with decoupled weight decay.
+
+    Per parameter p with gradient g at step t:
+        m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2
+        p = p * (1 - lr * weight_decay) - lr * atan2(m / (1 - beta1^t), sqrt(v / (1 - beta2^t)))
+    """
+
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.0):
+        if lr < 0 or weight_decay < 0 or not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"invalid AdamAtan2 settings: lr={lr}, betas={betas}, weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                step = state["step"].item()
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.lerp_(param.grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
+                param.mul_(1 - group["lr"] * group["weight_decay"])
+                update = torch.atan2(exp_avg / (1 - beta1**step), (exp_avg_sq / (1 - beta2**step)).sqrt())
+                param.add_(update, alpha=-group["lr"])
+        return None
+
+
+class SparseSignSGD:
+    """Sign-SGD on the rows of `SparsePuzzleEmbedding` tables that the last batch used.
+
+    p[ids] <- p[ids] * (1 - lr * weight_decay) - lr * sign(sum of the rows' gradients),
+    where the sum runs over duplicate ids in the batch and over all ranks.
+    Stateless: nothing to checkpoint beyond the tables themselves.
+    """
+
+    def __init__(self, embeddings: list[nn.Module], lr: float, weight_decay: float):
+        self.embeddings = embeddings
+        self.lr = lr
+        self.weight_decay = weight_decay
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Apply the update for the rows recorded by each table's last forward."""
+        for embedding in self.embeddings:
+            rows = getattr(embedding, "last_rows", None)
+            if rows is None or rows.grad is None:
+                continue
+            ids, grads = _gather_rows(embedding.last_ids, rows.grad)
+            unique_ids, inverse = torch.unique(ids, return_inverse=True)
+            summed = torch.zeros(len(unique_ids), grads.shape[1], dtype=grads.dtype, device=grads.device)
+            summed.index_add_(0, inverse, grads)  # (U, D)
+            table = embedding.weight
+            updated = table[unique_ids] * (1 - self.lr * self.weight_decay) - self.lr * summed.sign().to(table.dtype)
+            table[unique_ids] = updated
+            embedding.last_rows = None
+
+    def zero_grad(self) -> None:
+        """Forget the rows of the last batch (their gradients go with them)."""
+        for embedding in self.embeddings:
+            embedding.last_rows = None
+
+
+def _gather_rows(ids: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate every rank's (ids, row gradients); ranks hold equal-sized batches."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ids, grads
+    world_size = dist.get_world_size()
+    all_ids = [torch.empty_like(ids) for _ in range(world_size)]
+    all_grads = [torch.empty_like(grads) for _ in range(world_size)]
+    dist.all_gather(all_ids, ids.contiguous())
+    dist.all_gather(all_grads, grads.contiguous())
+    return torch.cat(all_ids), torch.cat(all_grads)
+
+
+def learning_rate(
+    step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float, schedule: str = "cosine"
+) -> float:
+    """Learning rate for optimiser step `step` (0-based).
+
+    Linear warmup from 0 over `warmup_steps`, then decay from `base_lr` to
+    `base_lr * min_ratio` at `total_steps`: half a cosine, or a straight line.
+    """
+    if step < warmup_steps:
+        return base_lr * step / max(1, warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif schedule == "linear":
+        shape = 1.0 - progress
+    else:
+        raise ValueError(f"unknown lr_schedule {schedule!r}: use cosine or linear")
+    return base_lr * (min_ratio + (1.0 - min_ratio) * shape)
+
+
+def split_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Parameter groups: weight decay on matrices, none on biases, norms and 1-d tensors."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
