@@ -93,6 +93,7 @@ def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) ->
         raise UserError(f"output folder {final} already exists; choose another --output-dir or pass --overwrite")
     final.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    temporary.chmod(0o755)  # mkdtemp makes it private; a dataset folder is meant to be shared
     try:
         yield temporary
     except BaseException:

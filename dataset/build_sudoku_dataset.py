@@ -1,0 +1,191 @@
+"""Build a Sudoku dataset for TRM from Sudoku-Extreme CSV files or from generated puzzles.
+
+The TRM recipe (1000 base puzzles, 1000 augmented copies each):
+
+    python dataset/build_sudoku_dataset.py --source-dir data/raw/sudoku-extreme \\
+        --output-dir data/sudoku-extreme-1k-aug-1000 --subsample-size 1000 --num-aug 1000
+
+Offline, without the Hugging Face files (2000 train + 200 test puzzles):
+
+    python dataset/build_sudoku_dataset.py --generate 2000 --test-size 200 --num-aug 1000 \\
+        --output-dir data/sudoku-gen-2k-aug-1000
+
+Generated puzzles have exactly one solution (checked by counting solutions up to 2).
+Their difficulty is set by the number of givens: each puzzle aims at a target drawn
+uniformly in [--min-givens, --max-givens], but blanking clues of a random grid in random
+order stops at a minimal puzzle of about 21-28 givens, so targets below that give
+puzzles at their minimum. With the defaults (17..30), the 2000 train puzzles of seed 0
+had 21..30 givens, mean 25.8 (21: 2, 22: 26, 23: 175, 24: 405, 25: 495, 26: 294,
+27: 180, 28: 153, 29: 129, 30: 141); they took 43 s of CPU time (about 22 s on 2 cores).
+That is easier than Sudoku-Extreme, whose puzzles are selected by a solver's backtracks.
+
+Tokens: 0 pad, 1 blank, 2..10 digits 1..9; labels are the solution tokens. Augmentation
+(train only): digit relabelling, transposition, band/row and stack/column shuffles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from dataset import sudoku  # noqa: E402
+from dataset.common import UserError, atomic_output_dir, run_cli, write_json, write_puzzle_split  # noqa: E402
+from dataset.puzzle_dataset import generate_parallel, read_puzzle_csv, single_example_split  # noqa: E402
+from dataset.stream import seeded_rng  # noqa: E402
+
+VOCAB_SIZE = 11
+QUESTION_CHARS = frozenset(".0123456789")
+ANSWER_CHARS = frozenset("123456789")
+# Second keys of seeded_rng(seed, key, ...), one per random decision, so they never share draws.
+SUBSAMPLE_KEY, TEST_SUBSAMPLE_KEY, AUGMENT_KEY, GENERATE_TRAIN_KEY, GENERATE_TEST_KEY = 1, 2, 3, 10, 11
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags (TRM's builder flags plus offline generation)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--source-dir", help="folder with Sudoku-Extreme train.csv and test.csv")
+    parser.add_argument("--output-dir", default="data/sudoku-extreme-full", help="dataset folder to write")
+    parser.add_argument("--subsample-size", type=int, help="keep this many random train puzzles")
+    parser.add_argument("--min-difficulty", type=int, help="keep CSV puzzles with rating >= this")
+    parser.add_argument("--num-aug", type=int, default=0, help="augmented copies per train puzzle")
+    parser.add_argument("--generate", type=int, help="generate this many train puzzles instead of reading CSVs")
+    parser.add_argument("--test-size", type=int, help="test puzzles (generated: default 1000; CSV: subsample)")
+    parser.add_argument("--min-givens", type=int, default=17, help="generated puzzles: fewest givens aimed at")
+    parser.add_argument("--max-givens", type=int, default=30, help="generated puzzles: most givens allowed")
+    parser.add_argument("--seed", type=int, default=0, help="seed of subsampling, augmentation and generation")
+    parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1, help="generation processes")
+    parser.add_argument("--strict", action="store_true", help="fail on a malformed CSV row instead of skipping it")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse contradictory or out-of-range flags with a one-line fix."""
+    if (args.source_dir is None) == (args.generate is None):
+        raise UserError("give exactly one of --source-dir DIR (CSV files) or --generate N (offline puzzles)")
+    if args.source_dir is not None and not Path(args.source_dir).is_dir():
+        raise UserError(f"--source-dir {args.source_dir} is not a folder; point it at the folder with train.csv")
+    for flag in ("subsample_size", "generate", "test_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.num_aug < 0:
+        raise UserError(f"--num-aug must be >= 0, got {args.num_aug}")
+    if args.generate is not None:
+        if args.min_difficulty is not None:
+            raise UserError("--min-difficulty filters CSV ratings; with --generate set --min-givens/--max-givens")
+        if args.subsample_size is not None and args.subsample_size > args.generate:
+            raise UserError(f"--subsample-size {args.subsample_size} exceeds --generate {args.generate}; lower it")
+        if not 17 <= args.min_givens <= args.max_givens <= 81:
+            raise UserError("need 17 <= --min-givens <= --max-givens <= 81 (no Sudoku with under 17 givens is unique)")
+
+
+def sudoku_row_problem(question: str, answer: str) -> str | None:
+    """What is wrong with one CSV row's strings, or None (grid consistency is checked later)."""
+    if len(question) != 81 or len(answer) != 81:
+        return f"question and answer must have 81 characters, found {len(question)} and {len(answer)}"
+    if not set(question) <= QUESTION_CHARS:
+        return "question may only hold digits and '.'"
+    if not set(answer) <= ANSWER_CHARS:
+        return "answer may only hold digits 1-9"
+    return None
+
+
+def digits_of(strings: list[str]) -> np.ndarray:
+    """uint8 [n, 81] digits (0 blank) of 81-character Sudoku strings."""
+    text = "".join(strings).replace(".", "0").encode("ascii")
+    return (np.frombuffer(text, dtype=np.uint8) - ord("0")).reshape(len(strings), 81)
+
+
+def read_split_csv(args: argparse.Namespace, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Valid (puzzles, solutions) digit arrays of `<source-dir>/<split>.csv`, rating-filtered."""
+    path = Path(args.source_dir) / f"{split}.csv"
+    rows = read_puzzle_csv(path, sudoku_row_problem, args.strict)
+    puzzles, solutions = digits_of(rows.questions), digits_of(rows.answers)
+    agrees = ((puzzles == 0) | (puzzles == solutions)).all(axis=1)
+    valid = agrees & sudoku.is_valid_solution(solutions)
+    rows = rows.keep(valid, "answer is not a valid grid completing the question", path, args.strict)
+    if rows.num_skipped:
+        print(f"{path}: skipped {rows.num_skipped} malformed rows (use --strict to fail instead)", file=sys.stderr)
+    puzzles, solutions = digits_of(rows.questions), digits_of(rows.answers)
+    if args.min_difficulty is None:
+        return puzzles, solutions
+    harder = np.asarray(rows.ratings) >= args.min_difficulty
+    return puzzles[harder], solutions[harder]
+
+
+def subsample(puzzles: np.ndarray, solutions: np.ndarray, size: int | None, rng, flag: str) -> tuple[np.ndarray, np.ndarray]:
+    """`size` random rows (in their original order), or all rows when `size` is None."""
+    if size is None:
+        return puzzles, solutions
+    if size > len(puzzles):
+        raise UserError(f"{flag} {size} exceeds the {len(puzzles)} puzzles available; lower it")
+    chosen = np.sort(rng.choice(len(puzzles), size=size, replace=False))
+    return puzzles[chosen], solutions[chosen]
+
+
+def generated_split(args: argparse.Namespace, count: int, key: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """`count` generated (puzzles, solutions), uint8 [count, 81] each."""
+    make_one = functools.partial(
+        sudoku.generate_puzzle_at, keys=(args.seed, key), min_givens=args.min_givens, max_givens=args.max_givens
+    )
+    pairs = generate_parallel(make_one, count, args.num_workers, f"generating {name} puzzles")
+    return np.stack([pair[0] for pair in pairs]), np.stack([pair[1] for pair in pairs])
+
+
+def with_augmentations(puzzles: np.ndarray, solutions: np.ndarray, num_aug: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each puzzle followed by its `num_aug` copies, [n * (1 + num_aug), 81] each."""
+    if num_aug == 0:
+        return puzzles, solutions
+    inputs, labels = [], []
+    for index, (puzzle, solution) in enumerate(zip(puzzles, solutions)):
+        copies = sudoku.augment_boards(puzzle, solution, num_aug, seeded_rng(seed, AUGMENT_KEY, index))
+        inputs.append(np.concatenate([puzzle[None], copies[0]]))
+        labels.append(np.concatenate([solution[None], copies[1]]))
+    return np.concatenate(inputs), np.concatenate(labels)
+
+
+def load_boards(args: argparse.Namespace) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(puzzles, solutions) of each split before augmentation."""
+    if args.generate is not None:
+        train = generated_split(args, args.generate, GENERATE_TRAIN_KEY, "train")
+        test = generated_split(args, args.test_size or 1000, GENERATE_TEST_KEY, "test")
+    else:
+        train = read_split_csv(args, "train")
+        test_rng = seeded_rng(args.seed, TEST_SUBSAMPLE_KEY)
+        test = subsample(*read_split_csv(args, "test"), args.test_size, test_rng, "--test-size")
+    train = subsample(*train, args.subsample_size, seeded_rng(args.seed, SUBSAMPLE_KEY), "--subsample-size")
+    return {"train": train, "test": test}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build the dataset folder described by the flags."""
+    args = parse_args(argv)
+    check_args(args)
+    if Path(args.output_dir).exists() and not args.overwrite:
+        # Checked before the slow part too; atomic_output_dir checks again when writing.
+        raise UserError(f"output folder {args.output_dir} already exists; choose another --output-dir or pass --overwrite")
+    boards = load_boards(args)
+    with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as output:
+        for split, (puzzles, solutions) in boards.items():
+            if len(puzzles) == 0:
+                raise UserError(f"no {split} puzzles left after filtering; relax --min-difficulty")
+            num_aug = args.num_aug if split == "train" else 0
+            inputs, labels = with_augmentations(puzzles, solutions, num_aug, args.seed)
+            # Digits 0..9 become tokens 1..10, so 0 stays free for padding.
+            tokens, label_tokens = inputs.astype(np.int32) + 1, labels.astype(np.int32) + 1
+            metadata, arrays = single_example_split(tokens, label_tokens, 1 + num_aug, VOCAB_SIZE)
+            write_puzzle_split(output / split, metadata, arrays)
+            print(f"{split}: {metadata.total_groups} puzzles, {metadata.total_puzzles} with augmentations")
+        write_json(output / "identifiers.json", ["<blank>"])
+
+
+if __name__ == "__main__":
+    run_cli(main)
