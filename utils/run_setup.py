@@ -66,7 +66,11 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
     torch.manual_seed(config.seed)
     model = spec.build(arch_config, metadata).to(dist.device)
     if config.init_from_hf:
-        spec.hf_load(model, config.init_from_hf)
+        report = spec.hf_load(model, config.init_from_hf)
+        if dist.is_main:
+            print(f"initialised from {config.init_from_hf}: {len(report.loaded)} tensors loaded; "
+                  f"freshly initialised: {', '.join(report.missing) or 'none'}; "
+                  f"ignored: {', '.join(report.unused) or 'none'}", flush=True)
     optimizer, sparse_optimizer = build_optimizers(model, config)
     stream = spec.data.train_stream(config.data_paths, config.seed, config.global_batch_size, dist.rank,
                                     dist.world_size, arch_config)

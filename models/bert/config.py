@@ -1,0 +1,118 @@
+"""Typed configuration of BERT (`arch=bert`): sizes, dropout, loss and masking.
+
+The defaults are BERT-Base as in Devlin et al. (2018). Derived sizes (`intermediate_size`,
+`head_dim`, the padded vocabulary) are computed here once, so the model and the Hugging
+Face conversion agree on them. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dataset.mlm_dataset import MaskingConfig
+
+
+class BertLossConfig(BaseModel):
+    """Training objective: masked-language modelling, optionally with next-sentence prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["mlm"] = "mlm"
+    """The only loss head: cross-entropy at the masked positions."""
+    use_nsp: bool = False
+    """Add the next-sentence-prediction loss (needs a dataset built with NSP pairs)."""
+
+
+class BertConfig(BaseModel):
+    """Sizes and options of the original post-LayerNorm BERT encoder (defaults: BERT-Base)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["bert"]
+    """Architecture name in the registry."""
+    loss: BertLossConfig = Field(default_factory=BertLossConfig)
+    """Loss head settings."""
+    num_layers: int = 12
+    """Transformer layers (BERT-Base 12, BERT-Large 24)."""
+    hidden_size: int = 768
+    """Width of every layer."""
+    num_heads: int = 12
+    """Attention heads; must divide `hidden_size`."""
+    expansion: float = 4
+    """Feed-forward width factor: intermediate size = expansion * hidden_size (3072 for Base)."""
+    max_position_embeddings: int = 512
+    """Rows of the learned position table; must be at least the dataset's sequence length."""
+    vocab_size: int | None = None
+    """Vocabulary size; None takes it from the dataset. When set it must be at least the
+    dataset's vocabulary (useful to keep one size across datasets)."""
+    type_vocab_size: int = 2
+    """Token-type (segment) ids: 0 for `[CLS] A [SEP]`, 1 for `B [SEP]`."""
+    hidden_dropout_prob: float = 0.1
+    """Dropout after the embeddings and after each attention/feed-forward output."""
+    attention_dropout_prob: float = 0.1
+    """Dropout on the attention probabilities (training only)."""
+    layer_norm_eps: float = 1e-12
+    """Epsilon of every LayerNorm (BERT uses 1e-12)."""
+    initializer_range: float = 0.02
+    """Standard deviation of the normal initialisation of weights and embeddings."""
+    pad_vocab_to_multiple: int = 64
+    """Embedding/decoder rows are padded to a multiple of this for faster matmuls; the
+    padded rows are never predicted (their logits are -inf) and export drops them."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass: less memory, ~30% slower."""
+    forward_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Compute dtype under autocast on accelerators (the loop applies it; CPU runs float32)."""
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    """How the training stream chooses the positions to predict."""
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> BertConfig:
+        positive = {
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "num_heads": self.num_heads,
+            "max_position_embeddings": self.max_position_embeddings,
+            "type_vocab_size": self.type_vocab_size,
+            "pad_vocab_to_multiple": self.pad_vocab_to_multiple,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"arch.{key} must be positive, got {value}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"arch.hidden_size ({self.hidden_size}) must be divisible by arch.num_heads ({self.num_heads})"
+            )
+        intermediate = self.expansion * self.hidden_size
+        if self.expansion <= 0 or intermediate != round(intermediate):
+            raise ValueError(
+                f"arch.expansion * arch.hidden_size must be a positive whole number, got {intermediate}"
+            )
+        if self.vocab_size is not None and self.vocab_size <= 0:
+            raise ValueError(f"arch.vocab_size must be positive or null, got {self.vocab_size}")
+        for key in ("hidden_dropout_prob", "attention_dropout_prob"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"arch.{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.layer_norm_eps <= 0 or self.initializer_range <= 0:
+            raise ValueError("arch.layer_norm_eps and arch.initializer_range must be positive")
+        return self
+
+    @property
+    def intermediate_size(self) -> int:
+        """Width of the feed-forward layer."""
+        return round(self.expansion * self.hidden_size)
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.num_heads
+
+    def padded_vocab_size(self, vocab_size: int) -> int:
+        """Rows of the embedding/decoder table for `vocab_size` real tokens."""
+        return math.ceil(vocab_size / self.pad_vocab_to_multiple) * self.pad_vocab_to_multiple
+
+    def resolved_vocab_size(self, dataset_vocab_size: int) -> int:
+        """The model's vocabulary: `vocab_size` when set, else the dataset's."""
+        return dataset_vocab_size if self.vocab_size is None else self.vocab_size

@@ -1,0 +1,257 @@
+"""BERT (Devlin et al. 2018) with its masked-LM and next-sentence heads, as a `TrainModule`.
+
+The architecture is the original one, so the weights convert one-to-one to Hugging Face
+`BertForMaskedLM` / `BertForPreTraining` (see `models.bert.hf`): post-LayerNorm layers,
+exact (erf) GELU, learned absolute positions, token-type embeddings, a pooler (dense +
+tanh on [CLS]) and a decoder tied to the word embeddings.
+
+Three changes are for speed only and do not change the weights:
+- query, key and value are one fused Linear ([3H, H] weight);
+- the vocabulary is padded to a multiple of `pad_vocab_to_multiple` (padded logits -inf);
+- the MLM transform and decoder run only at the labelled positions (~15% of tokens).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from dataset.common import IGNORE_LABEL_ID, UserError
+from models.interface import Carry, StepOutput, SumAndCount, TrainModule
+
+if TYPE_CHECKING:
+    from models.bert.config import BertConfig
+
+
+class BertEmbeddings(nn.Module):
+    """word + position + token-type embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig, padded_vocab_size: int):
+        super().__init__()
+        hidden = config.hidden_size
+        self.word_embeddings = nn.Embedding(padded_vocab_size, hidden)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, hidden)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids and segment ids (B, L) -> embeddings (B, L, H)."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (L,)
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (B, L, H)
+        x = x + self.position_embeddings(positions)  # (B, L, H)
+        return self.dropout(self.norm(x))
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection and the output projection."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.dropout_prob = config.attention_dropout_prob
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, H), key_mask bool (B, 1, 1, L) with True = attend -> (B, L, H)."""
+        batch, length, hidden = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, hidden // self.num_heads)  # (B, L, 3, nh, hs)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, L, hs)
+        dropout = self.dropout_prob if self.training else 0.0
+        y = F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask, dropout_p=dropout)  # (B, nh, L, hs)
+        y = y.transpose(1, 2).reshape(batch, length, hidden)  # (B, L, H)
+        return self.out(y)
+
+
+class BertLayer(nn.Module):
+    """One post-LayerNorm encoder layer: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertSelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn_in = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.ffn_out = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, H) -> (B, L, H)."""
+        x = self.attention_norm(x + self.dropout(self.attention(x, key_mask)))
+        inner = F.gelu(self.ffn_in(x), approximate="none")  # (B, L, I)
+        return self.ffn_norm(x + self.dropout(self.ffn_out(inner)))
+
+
+class BertMLMHead(nn.Module):
+    """Transform (dense + GELU + LayerNorm); the decoder is the word-embedding matrix + `bias`."""
+
+    def __init__(self, config: BertConfig, padded_vocab_size: int):
+        super().__init__()
+        self.transform = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(padded_vocab_size))
+
+    def forward(self, hidden: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
+        """hidden (..., H), decoder_weight (V_pad, H) -> logits (..., V_pad)."""
+        x = self.norm(F.gelu(self.transform(hidden), approximate="none"))  # (..., H)
+        return F.linear(x, decoder_weight, self.bias)
+
+
+class Bert(TrainModule):
+    """BERT encoder + MLM head (+ pooler and NSP head when `config.loss.use_nsp`).
+
+    Stateless: the carry is always `{}`. Batch keys: `input_ids`, `token_type_ids` (int64
+    (B, L)), `attention_mask` (bool (B, L), True = real token), `labels` (int64 (B, L), -100 =
+    not predicted) and, with NSP, `next_sentence_label` (int64 (B,), -100 = padded row).
+    """
+
+    def __init__(self, config: BertConfig, vocab_size: int, pad_id: int = 0):
+        super().__init__()
+        self.config = config
+        self.vocab_size = vocab_size
+        self.padded_vocab_size = config.padded_vocab_size(vocab_size)
+        self.embeddings = BertEmbeddings(config, self.padded_vocab_size)
+        self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_layers))
+        self.mlm_head = BertMLMHead(config, self.padded_vocab_size)
+        self.pooler = None
+        self.nsp_head = None
+        if config.loss.use_nsp:
+            # Built only with NSP: unused parameters would break DDP and waste optimiser state.
+            self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+            self.nsp_head = nn.Linear(config.hidden_size, 2)
+        self.reset_parameters(pad_id)
+
+    def reset_parameters(self, pad_id: int = 0) -> None:
+        """Initialise as BERT / `transformers` do: N(0, initializer_range) weights and
+        embeddings, zero biases, LayerNorm (1, 0); the pad and padded vocabulary rows are 0."""
+        std = self.config.initializer_range
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    module.weight.normal_(0.0, std)
+                    if getattr(module, "bias", None) is not None:
+                        module.bias.zero_()
+                elif isinstance(module, nn.LayerNorm):
+                    module.weight.fill_(1.0)
+                    module.bias.zero_()
+            self.mlm_head.bias.zero_()
+            word = self.embeddings.word_embeddings.weight
+            word[pad_id].zero_()
+            word[self.vocab_size :].zero_()
+
+    # ---- network -------------------------------------------------------------------
+
+    def encode(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Final hidden states (B, L, H) of the encoder."""
+        mask = attention_mask.bool()
+        # A row without any real token (a padded evaluation row) would softmax over
+        # nothing and give NaN, which poisons the gradients; let such rows see everything.
+        mask = mask | ~mask.any(dim=-1, keepdim=True)  # (B, L)
+        key_mask = mask[:, None, None, :]  # (B, 1, 1, L)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, L, H)
+        for layer in self.layers:
+            if self.config.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, key_mask, use_reentrant=False)
+            else:
+                x = layer(x, key_mask)
+        return x
+
+    def mlm_logits(self, hidden: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """MLM logits over the padded vocabulary, padded rows -inf.
+
+        hidden (B, L, H) -> (B, L, V_pad); with a bool `positions` (B, L), only those
+        positions are decoded: (N, V_pad) in row-major order, N = positions.sum().
+        """
+        if positions is not None:
+            hidden = hidden[positions]  # (N, H)
+        logits = self.mlm_head(hidden, self.embeddings.word_embeddings.weight)  # (..., V_pad)
+        if self.padded_vocab_size > self.vocab_size:
+            # In place on the matmul output (not needed by its backward): padded tokens
+            # never win the argmax and get zero probability and zero gradient.
+            logits[..., self.vocab_size :] = float("-inf")
+        return logits
+
+    def nsp_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Is-next / not-next logits (B, 2) from the pooled [CLS] state of hidden (B, L, H)."""
+        if self.pooler is None or self.nsp_head is None:
+            raise RuntimeError("this model has no NSP head; build it with arch.loss.use_nsp=true")
+        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, H)
+        return self.nsp_head(pooled)
+
+    # ---- training step -------------------------------------------------------------
+
+    def initial_carry(self, batch: dict[str, torch.Tensor]) -> Carry:
+        """BERT carries nothing between steps."""
+        return {}
+
+    def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
+        """One MLM (+ NSP) step: summed losses and metrics with their counts."""
+        hidden = self.encode(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])  # (B, L, H)
+        losses, metrics = self._mlm_terms(hidden, batch["labels"])
+        if self.config.loss.use_nsp:
+            nsp_losses, nsp_metrics = self._nsp_terms(hidden, batch["next_sentence_label"])
+            losses.update(nsp_losses)
+            metrics.update(nsp_metrics)
+        return StepOutput(carry={}, losses=losses, metrics=metrics, all_halted=True)
+
+    def _mlm_terms(
+        self, hidden: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[dict[str, SumAndCount], dict[str, SumAndCount]]:
+        """MLM loss, token accuracy and sequence exact accuracy over the labelled positions."""
+        selected = labels != IGNORE_LABEL_ID  # (B, L)
+        targets = labels[selected]  # (N,)
+        logits = self.mlm_logits(hidden, selected)  # (N, V_pad)
+        loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+        correct = logits.argmax(dim=-1) == targets  # (N,)
+        # A sequence is exactly right when none of its labelled tokens is wrong.
+        all_right = torch.ones_like(selected)  # (B, L)
+        all_right[selected] = correct
+        sequence_right = all_right.all(dim=-1) & selected.any(dim=-1)  # (B,)
+        num_labelled = selected.sum()
+        losses = {"mlm_loss": (loss_sum, num_labelled)}
+        metrics = {
+            "accuracy": (correct.sum(), num_labelled),
+            "exact_accuracy": (sequence_right.sum(), selected.any(dim=-1).sum()),
+        }
+        return losses, metrics
+
+    def _nsp_terms(
+        self, hidden: torch.Tensor, next_sentence_label: torch.Tensor
+    ) -> tuple[dict[str, SumAndCount], dict[str, SumAndCount]]:
+        """NSP loss and accuracy over the rows that carry a label."""
+        logits = self.nsp_logits(hidden).float()  # (B, 2)
+        valid = next_sentence_label != IGNORE_LABEL_ID  # (B,)
+        loss_sum = F.cross_entropy(logits, next_sentence_label, ignore_index=IGNORE_LABEL_ID, reduction="sum")
+        correct = (logits.argmax(dim=-1) == next_sentence_label) & valid  # (B,)
+        num_rows = valid.sum()
+        return {"nsp_loss": (loss_sum, num_rows)}, {"nsp_accuracy": (correct.sum(), num_rows)}
+
+
+def build_bert(config: BertConfig, metadata) -> Bert:
+    """Build BERT for an MLM dataset; `metadata` needs `vocab_size`, `seq_len`, `pad_id`, `nsp`.
+
+    Raises `UserError` naming the key to change when the config cannot serve the data.
+    """
+    if config.max_position_embeddings < metadata.seq_len:
+        raise UserError(
+            f"arch.max_position_embeddings ({config.max_position_embeddings}) is smaller than the "
+            f"dataset's sequence length ({metadata.seq_len}); set arch.max_position_embeddings>={metadata.seq_len}"
+        )
+    if config.loss.use_nsp and not metadata.nsp:
+        raise UserError(
+            "arch.loss.use_nsp=true but the dataset has no next-sentence labels; "
+            "set arch.loss.use_nsp=false or rebuild the dataset with NSP pairs"
+        )
+    if config.vocab_size is not None and config.vocab_size < metadata.vocab_size:
+        raise UserError(
+            f"arch.vocab_size ({config.vocab_size}) is smaller than the dataset's vocabulary "
+            f"({metadata.vocab_size}); set arch.vocab_size=null to take the dataset's"
+        )
+    return Bert(config, config.resolved_vocab_size(metadata.vocab_size), metadata.pad_id)

@@ -1,0 +1,52 @@
+"""Small datasets and in-process runs shared by the training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from dataset.common import PuzzleDatasetMetadata, write_json, write_puzzle_split
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(REPO / "config")
+
+
+def compose_config(overrides: list[str]) -> dict:
+    """The plain dict that `pretrain.py` would see for these command-line overrides."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return OmegaConf.to_container(compose("cfg_pretrain", overrides=overrides), resolve=True)
+
+
+def make_puzzle_dataset(root: Path, num_train: int = 48, num_test: int = 16, seq_len: int = 8, seed: int = 0) -> Path:
+    """A learnable toy puzzle set: the label is the input's digits sorted.
+
+    Tokens: 0 pad, 1..5 digits; one puzzle per group, one example per puzzle.
+    """
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", num_train), ("test", num_test)):
+        inputs = rng.integers(1, 6, size=(count, seq_len), dtype=np.int32)
+        labels = np.sort(inputs, axis=1).astype(np.int32)
+        arrays = {
+            "inputs": inputs,
+            "labels": labels,
+            "puzzle_identifiers": np.zeros(count, dtype=np.int32),
+            "puzzle_indices": np.arange(count + 1, dtype=np.int32),
+            "group_indices": np.arange(count + 1, dtype=np.int32),
+        }
+        metadata = PuzzleDatasetMetadata(
+            pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=6, seq_len=seq_len,
+            num_puzzle_identifiers=1, total_groups=count, mean_puzzle_examples=1.0, total_puzzles=count, sets=["all"],
+        )
+        write_puzzle_split(root / split, metadata, {"all": arrays})
+    write_json(root / "identifiers.json", ["<blank>"])
+    return root
+
+
+TINY_TRM = [
+    "arch=trm", "arch.hidden_size=32", "arch.num_heads=2", "arch.L_layers=1", "arch.H_cycles=2", "arch.L_cycles=2",
+    "arch.halt_max_steps=3", "arch.puzzle_emb_len=2", "arch.expansion=2", "evaluators=[]", "wandb=disabled",
+    "lr_warmup_steps=2", "log_interval=1",
+]

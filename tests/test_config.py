@@ -1,0 +1,85 @@
+"""Every shipped YAML composes and validates; mistakes give one clear line."""
+
+from pathlib import Path
+
+import pytest
+
+from models.registry import ARCHITECTURES, get_arch
+from tests.helpers import REPO, compose_config
+from utils.config import ConfigError, PretrainConfig, validate
+
+ARCH_FILES = sorted(path.stem for path in (REPO / "config" / "arch").glob("*.yaml"))
+
+
+def test_arch_presets_exist():
+    assert {"trm", "bert", "bert_large", "bert_tiny"} <= set(ARCH_FILES)
+
+
+@pytest.mark.parametrize("arch", ARCH_FILES)
+def test_every_yaml_composes_and_validates(arch):
+    raw = compose_config([f"arch={arch}"])
+    config = validate(PretrainConfig, raw)
+    spec = get_arch(config.arch["name"])
+    arch_config = validate(spec.config_class, config.arch, prefix="arch.")
+    assert arch_config.name in ARCHITECTURES
+
+
+def test_bert_presets_sizes_and_training_defaults():
+    sizes = {}
+    for arch in ("bert", "bert_large", "bert_tiny"):
+        raw = compose_config([f"arch={arch}"])
+        sizes[arch] = (raw["arch"]["num_layers"], raw["arch"]["hidden_size"], raw["arch"]["num_heads"])
+        assert raw["optimizer"] == "adamw" and raw["beta2"] == 0.999 and raw["evaluators"] == []
+    assert sizes == {"bert": (12, 768, 12), "bert_large": (24, 1024, 16), "bert_tiny": (4, 256, 4)}
+    # A command-line override still wins over the arch file's defaults.
+    assert compose_config(["arch=bert", "beta2=0.98"])["beta2"] == 0.98
+
+
+def test_trm_recipe_overrides_compose():
+    # The Sudoku MLP recipe of TRM's README, verbatim.
+    overrides = (
+        'arch=trm data_paths=[data/sudoku-extreme-1k-aug-1000] evaluators=[] epochs=50000 eval_interval=5000 '
+        'lr=1e-4 puzzle_emb_lr=1e-4 weight_decay=1.0 puzzle_emb_weight_decay=1.0 arch.mlp_t=True '
+        'arch.pos_encodings=none arch.L_layers=2 arch.H_cycles=3 arch.L_cycles=6 +run_name=pretrain_mlp_t_sudoku '
+        'ema=True'
+    ).split()
+    config = validate(PretrainConfig, compose_config(overrides))
+    assert config.run_name == "pretrain_mlp_t_sudoku" and config.ema and config.arch["mlp_t"]
+    assert config.arch["puzzle_emb_ndim"] == config.arch["hidden_size"] == 512
+    assert config.optimizer == "adam_atan2" and config.beta2 == 0.95
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["+lrr=1"], "unknown config key 'lrr'"),
+        (["+globl_batch_size=8"], "did you mean 'global_batch_size'"),
+        (["global_batch_size=abc"], "config key 'global_batch_size'"),
+        (["epochs=100", "eval_interval=30"], "must be a multiple of eval_interval"),
+        (["optimizer=sgd"], "'adam_atan2' or 'adamw'"),
+        (["eval_only=true"], r"needs \+load_checkpoint"),
+    ],
+)
+def test_bad_top_level_values(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(PretrainConfig, compose_config(overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["+arch.hiden_size=3"], "unknown config key 'arch.hiden_size'"),
+        (["arch.pos_encodings=sinusoid"], "arch.pos_encodings"),
+        (["arch=bert", "arch.num_layers=many"], "arch.num_layers"),
+    ],
+)
+def test_bad_arch_values(overrides, message):
+    config = validate(PretrainConfig, compose_config(overrides))
+    spec = get_arch(config.arch["name"])
+    with pytest.raises(ConfigError, match=message):
+        validate(spec.config_class, config.arch, prefix="arch.")
+
+
+def test_unknown_arch_name_lists_known():
+    with pytest.raises(ConfigError, match="known architectures: bert, trm"):
+        get_arch("gpt")
