@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from dataset.common import UserError, atomic_output_dir, run_cli, write_json  # noqa: E402
 from models.bert.config import BertConfig  # noqa: E402
 from models.bert.hf import hf_config_dict, to_hf_state_dict  # noqa: E402
+from utils.checkpoint import resolve_checkpoint  # noqa: E402
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 """Files copied from the checkpoint's `tokenizer/` folder when present."""
@@ -87,9 +88,13 @@ def copy_tokenizer(checkpoint: Path, output: Path) -> list[str]:
 
 
 def export(checkpoint: Path, output_dir: Path, weights: str | None = None, overwrite: bool = False) -> Path:
-    """Write the Hugging Face folder for `checkpoint` at `output_dir` (atomically)."""
+    """Write the Hugging Face folder for `checkpoint` (a step folder, or a run folder for
+    its newest checkpoint) at `output_dir` (atomically)."""
     if not checkpoint.is_dir():
         raise UserError(f"checkpoint folder {checkpoint} not found")
+    if not (checkpoint / "model.safetensors").is_file():
+        # A run folder: export its newest complete checkpoint.
+        checkpoint = resolve_checkpoint(str(checkpoint), None)
     config = read_bert_config(checkpoint)
     dataset = _read_json(checkpoint / "dataset.json", "dataset metadata")
     missing = [key for key in ("vocab_size", "pad_id") if key not in dataset]

@@ -41,6 +41,7 @@ from utils.distributed import DistContext
 from utils.ema import EMA
 from utils.metrics_logger import MetricsLogger
 from utils.optim import AdamAtan2, SparseSignSGD, learning_rate, split_decay_groups
+from utils.prefetch import device_batches
 from utils.signals import StopRequest
 
 
@@ -376,40 +377,43 @@ def fit(state: TrainState, ctx: RunContext) -> None:
     """Train until the end (or a stop signal), evaluating and checkpointing on schedule."""
     config = ctx.config
     last_step = state.total_steps if config.max_steps is None else min(state.total_steps, config.max_steps)
-    evaluations = [step for step in eval_steps(config, state) if step > state.step]
+    # A run cut short by max_steps still ends with an evaluation.
+    evaluations = sorted({step for step in eval_steps(config, state) if state.step < step < last_step} | {last_step})
     stop = StopRequest()
     stop.install()
     progress = tqdm(total=last_step, initial=state.step, disable=not ctx.dist.is_main, dynamic_ncols=True)
     accumulator = MetricAccumulator()
     meter = _ThroughputMeter()
+    # Read ahead in a background thread on CUDA; checkpoints keep the trained batch's position.
+    batches = device_batches(state.stream, ctx.dist.device)
     try:
         while state.step < last_step:
-            numpy_batch = state.stream.next_batch()
-            batch = batch_to_device(numpy_batch, ctx.dist.device)
-            stopping = train_step(state, ctx, batch, stop, accumulator)
-            state.stream_state = state.stream.state_dict()
-            meter.add(numpy_batch, ctx.dist.world_size)
+            item = next(batches)
+            stopping = train_step(state, ctx, item.device, stop, accumulator)
+            state.stream_state = item.stream_state
+            meter.add(item.host, ctx.dist.world_size)
             progress.update(1)
             if state.step % config.log_interval == 0 or state.step == last_step or stopping:
                 _log_train(state, ctx, accumulator, meter, progress)
+            saved = None
             if evaluations and state.step >= evaluations[0]:
                 evaluations.pop(0)
                 _log_eval(state, ctx)
-                if config.checkpoint_every_eval:
-                    save(state, ctx)
+                if config.checkpoint_every_eval or state.step == last_step:
+                    saved = save(state, ctx)
             if stopping:
-                _stop_gracefully(state, ctx, stop.signal_name)
+                _stop_gracefully(state, ctx, stop.signal_name, saved)
                 return
-        latest = save(state, ctx)
-        if ctx.dist.is_main:
-            tqdm.write(f"finished at step {state.step}; checkpoint: {latest}")
+            if state.step == last_step and ctx.dist.is_main:
+                tqdm.write(f"finished at step {state.step}; checkpoint: {saved}")
     finally:
+        batches.close()
         stop.uninstall()
         progress.close()
 
 
-def _stop_gracefully(state: TrainState, ctx: RunContext, signal_name: str | None) -> None:
-    path = save(state, ctx)
+def _stop_gracefully(state: TrainState, ctx: RunContext, signal_name: str | None, saved: Path | None) -> None:
+    path = saved or save(state, ctx)
     if ctx.dist.is_main:
         reason = signal_name or "a stop signal on another rank"
         print(f"stopped by {reason} after step {state.step}; checkpoint {path}\n"
