@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dataset.common import UserError
 from utils import distributed
-from utils.config import PretrainConfig, validate
+from utils.config import PretrainConfig, check_overrides, validate
 from utils.run_setup import open_logger, setup
 from utils.train_loop import evaluate, fit
 
@@ -47,6 +47,13 @@ def launch(raw_config: dict) -> None:
         distributed.destroy()
 
 
+def exit_with_error(error: UserError) -> None:
+    """Print `error` as one line (rank 0 only) and exit with status 2."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 @hydra.main(config_path="config", config_name="cfg_pretrain", version_base=None)
 def main(hydra_config: DictConfig) -> None:
     """Hydra entry point: hand the composed config over as a plain dict."""
@@ -54,10 +61,15 @@ def main(hydra_config: DictConfig) -> None:
     try:
         launch(raw_config)
     except UserError as error:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        exit_with_error(error)
 
 
 if __name__ == "__main__":
+    # Hydra's own flags (--help, --cfg, -m ...) go to Hydra untouched; plain overrides are
+    # composed once beforehand so that a mistake in them reads like every other one.
+    if not any(argument.startswith("-") for argument in sys.argv[1:]):
+        try:
+            check_overrides(sys.argv[1:])
+        except UserError as error:
+            exit_with_error(error)
     main()

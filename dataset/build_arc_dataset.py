@@ -119,7 +119,10 @@ def read_json(path: Path):
         with open(path, encoding="utf-8") as file:
             return json.load(file)
     except json.JSONDecodeError as error:
-        raise UserError(f"{path} is not valid JSON ({error})") from None
+        problem = "is empty" if error.doc.strip() == "" else f"is not valid JSON ({error})"
+        raise UserError(f"{path} {problem}; fix or replace the file") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte offset {error.start}); is it a binary file?") from None
 
 
 def load_prefix_subsets(prefix: str, subsets: list[str]) -> RawSubsets:

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as output:
         for split, (puzzles, solutions) in boards.items():
             if len(puzzles) == 0:
-                raise UserError(f"no {split} puzzles left after filtering; relax --min-difficulty")
+                raise UserError(f"no valid {split} puzzles in the input; check {split}.csv (or relax --min-difficulty)")
             num_aug = args.num_aug if split == "train" else 0
             inputs, labels = with_augmentations(puzzles, solutions, num_aug, args.seed)
             # Digits 0..9 become tokens 1..10, so 0 stays free for padding.

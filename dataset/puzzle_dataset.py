@@ -67,6 +67,9 @@ def _split_metadata(paths: Sequence[str], split: str) -> list[PuzzleDatasetMetad
     for path in paths:
         if not Path(path).is_dir():
             raise UserError(f"dataset folder {path} not found; build it with dataset/build_*_dataset.py or fix the path")
+        if (Path(path) / "dataset.json").is_file() and not (Path(path) / split / "dataset.json").is_file():
+            raise UserError(f"{path} is a text (MLM) dataset, for arch=bert; this arch needs a puzzle dataset "
+                            "built by dataset/build_{sudoku,maze,arc}_dataset.py")
         metadatas.append(read_puzzle_metadata(Path(path) / split))
     return metadatas
 
@@ -117,7 +120,7 @@ def _load_split(paths: Sequence[str], split: str) -> tuple[PuzzleDatasetMetadata
                 file = split_dir / f"{set_name}__{field}.npy"
                 if not file.is_file():
                     raise UserError(f"{file} missing: {path} is incomplete; rebuild it with dataset/build_*_dataset.py")
-                arrays[field] = np.load(file, mmap_mode="r", allow_pickle=False)
+                arrays[field] = _load_array(file, path)
             _check_consistent(arrays, metadata.seq_len, split_dir, set_name)
             sets.append(
                 _PuzzleSet(
@@ -132,6 +135,14 @@ def _load_split(paths: Sequence[str], split: str) -> tuple[PuzzleDatasetMetadata
             )
         identifier_offset += metadata.num_puzzle_identifiers
     return merged, sets
+
+
+def _load_array(file: Path, dataset_path: str) -> np.ndarray:
+    """Memory-map one `.npy` file; pickled objects are refused, so reading it runs no code."""
+    try:
+        return np.load(file, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise UserError(f"{file} cannot be read ({error}); rebuild {dataset_path} with dataset/build_*_dataset.py") from None
 
 
 def _check_consistent(arrays: dict[str, np.ndarray], seq_len: int, split_dir: Path, set_name: str) -> None:
@@ -370,23 +381,35 @@ def read_puzzle_csv(path: Path, row_problem: Callable[[str, str], str | None], s
     """
     if not path.is_file():
         raise UserError(f"{path} not found; --source-dir must hold train.csv and test.csv")
-    result = CsvPuzzles([], [], [], [], 0)
     with open(path, newline="", encoding="utf-8") as file:
         reader = csv.reader(file)
-        header = next(reader, None)
-        if header is None or tuple(column.strip() for column in header[:4]) != CSV_COLUMNS:
-            raise UserError(f"{path}: the first line must be the header {','.join(CSV_COLUMNS)}")
-        for row in reader:
-            problem = _csv_row_problem(row, row_problem)
-            if problem is None:
-                result.questions.append(row[1])
-                result.answers.append(row[2])
-                result.ratings.append(float(row[3]))
-                result.line_numbers.append(reader.line_num)
-            elif strict:
-                raise UserError(f"{path} line {reader.line_num}: {problem} (drop --strict to skip such rows)")
-            else:
-                result.num_skipped += 1
+        try:
+            return _read_csv_rows(path, reader, row_problem, strict)
+        except UnicodeDecodeError as error:
+            raise UserError(f"{path} is not UTF-8 text ({error.reason}); is it a binary file? "
+                            "convert text with iconv -t utf-8") from None
+        except csv.Error as error:  # e.g. a field over the csv module's size limit: not a puzzle file
+            raise UserError(f"{path} line {reader.line_num}: cannot be read as CSV ({error}); is it the right file?") from None
+
+
+def _read_csv_rows(path: Path, reader, row_problem: Callable[[str, str], str | None], strict: bool) -> CsvPuzzles:
+    result = CsvPuzzles([], [], [], [], 0)
+    header = next(reader, None)
+    if header is None:
+        raise UserError(f"{path} is empty; it needs the header {','.join(CSV_COLUMNS)} and one puzzle per line")
+    if tuple(column.strip() for column in header[:4]) != CSV_COLUMNS:
+        raise UserError(f"{path}: the first line must be the header {','.join(CSV_COLUMNS)}")
+    for row in reader:
+        problem = _csv_row_problem(row, row_problem)
+        if problem is None:
+            result.questions.append(row[1])
+            result.answers.append(row[2])
+            result.ratings.append(float(row[3]))
+            result.line_numbers.append(reader.line_num)
+        elif strict:
+            raise UserError(f"{path} line {reader.line_num}: {problem} (drop --strict to skip such rows)")
+        else:
+            result.num_skipped += 1
     return result
 
 

@@ -50,3 +50,28 @@ TINY_TRM = [
     "arch.halt_max_steps=3", "arch.puzzle_emb_len=2", "arch.expansion=2", "evaluators=[]", "wandb=disabled",
     "lr_warmup_steps=2", "log_interval=1",
 ]
+
+
+def make_mlm_dataset(root: Path, num_documents: int = 30, max_seq_length: int = 32, seed: int = 0) -> Path:
+    """A tiny text MLM dataset (word-level vocabulary of 17 words) built by the real builder."""
+    from dataset import build_text_mlm_dataset
+
+    words = "the cat dog sat on a mat ran fast slow big small red blue green tree house".split()
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(num_documents):
+        lines += [" ".join(rng.choice(words, size=rng.integers(4, 13))) for _ in range(3)] + [""]
+    text = root.parent / f"{root.name}.txt"
+    text.parent.mkdir(parents=True, exist_ok=True)
+    text.write_text("\n".join(lines), encoding="utf-8")
+    build_text_mlm_dataset.main([
+        "--input-files", str(text), "--output-dir", str(root), "--tokenizer", "whitespace", "--vocab-size", "40",
+        "--max-seq-length", str(max_seq_length), "--test-split", "0.3", "--seed", str(seed),
+    ])
+    return root
+
+
+TINY_BERT = [
+    "arch=bert_tiny", "arch.num_layers=1", "arch.hidden_size=32", "arch.num_heads=2", "wandb=disabled",
+    "lr_warmup_steps=2", "log_interval=1",
+]

@@ -11,16 +11,18 @@ A checkpoint holds everything needed to continue a run exactly:
     train_state.json      step, data-stream position and counters
     config.json           the resolved run configuration
     dataset.json, tokenizer/   copies from the dataset, so exports need nothing else
-    manifest.json         file names and sizes, written last
+    manifest.json         file names, sizes and SHA-256 digests, written last
 
 Files are written into a hidden temporary folder, flushed to disk, and the folder is
-renamed to `step_<N>` only when complete; a crash mid-save leaves no `step_<N>` behind,
-and `manifest.json` catches a folder whose files were truncated afterwards.
+renamed to `step_<N>` only when complete; a crash mid-save leaves no `step_<N>` behind.
+`manifest.json` catches a folder whose files were truncated afterwards (sizes, checked
+whenever checkpoints are listed) or damaged in place (digests, checked on load).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -62,7 +64,8 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint, extra_paths: list[Pat
     step = int(checkpoint.train_state["step"])
     final = run_dir / f"step_{step}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(".step_*.partial-*"):  # left by a run that was killed mid-save
+    # Left by a run that was killed mid-save or mid-replace; never picked up, so drop them.
+    for stale in [*run_dir.glob(".step_*.partial-*"), *run_dir.glob(".step_*.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     partial = run_dir / f".step_{step}.partial-{os.getpid()}"
     partial.mkdir()
@@ -94,7 +97,8 @@ def _write_files(folder: Path, checkpoint: Checkpoint, extra_paths: list[Path]) 
         elif source.is_file():
             shutil.copy2(source, folder / source.name)
     manifest = {
-        str(path.relative_to(folder)): path.stat().st_size for path in sorted(folder.rglob("*")) if path.is_file()
+        str(path.relative_to(folder)): {"size": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(folder.rglob("*")) if path.is_file()
     }
     _write_json(folder / "manifest.json", manifest)
     for path in folder.rglob("*"):
@@ -110,6 +114,14 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _write_json(path: Path, value: Any) -> None:
     with open(path, "w", encoding="utf-8") as file:
         json.dump(value, file, indent=2)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -131,16 +143,33 @@ def _replace_dir(source: Path, target: Path) -> None:
     _fsync(target.parent)
 
 
-def is_complete(folder: Path) -> bool:
-    """Whether `folder` is a checkpoint whose manifest matches the files on disk."""
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        return False
+def _read_manifest(folder: Path) -> dict[str, dict[str, Any]] | None:
+    """File name -> {"size", "sha256"?} (older checkpoints list sizes only), or None if unreadable."""
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    return {name: entry if isinstance(entry, dict) else {"size": entry} for name, entry in manifest.items()}
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether `folder` is a checkpoint whose manifest matches the sizes of the files on disk."""
+    manifest = _read_manifest(folder)
+    if manifest is None:
         return False
-    return all((folder / name).is_file() and (folder / name).stat().st_size == size for name, size in manifest.items())
+    return all(
+        (folder / name).is_file() and (folder / name).stat().st_size == entry.get("size") for name, entry in manifest.items()
+    )
+
+
+def damaged_file(folder: Path) -> str | None:
+    """The first file of a complete checkpoint whose SHA-256 differs from the manifest's, or None."""
+    for name, entry in (_read_manifest(folder) or {}).items():
+        if "sha256" in entry and _sha256(folder / name) != entry["sha256"]:
+            return name
+    return None
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -181,6 +210,10 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     """Read a checkpoint written by `save_checkpoint`; a damaged one raises `UserError`."""
     if not is_complete(folder):
         raise UserError(f"checkpoint {folder} is incomplete or corrupted; resume from an earlier one")
+    damaged = damaged_file(folder)
+    if damaged is not None:
+        raise UserError(f"checkpoint {folder} cannot be read: {damaged} does not match its checksum (corrupted); "
+                        "resume from an earlier one")
     try:
         ema_path = folder / "ema.safetensors"
         return Checkpoint(

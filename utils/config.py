@@ -9,8 +9,14 @@ line names the key and what it accepts.
 from __future__ import annotations
 
 import difflib
+import re
+from pathlib import Path
 from typing import Any, Literal
 
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from dataset.common import UserError
@@ -153,3 +159,60 @@ def validate(model_class: type[BaseModel], values: dict[str, Any], prefix: str =
             if close:
                 message += f"; did you mean '{prefix}{close[0]}'?"
         raise ConfigError(message) from None
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+"""Where Hydra finds `cfg_pretrain.yaml` and the `arch/` group."""
+
+
+def check_overrides(overrides: list[str], config_name: str = "cfg_pretrain") -> None:
+    """Compose the config as `@hydra.main` will, turning Hydra's errors into one-line `ConfigError`s.
+
+    Hydra reports a bad override (`arch=foo`, `lrr=1`) with a multi-line message and exit
+    status 1; calling this first gives the project's single line and status 2 instead.
+    """
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            compose(config_name, overrides=overrides)
+    except MissingConfigException as error:
+        group, _, name = (error.missing_cfg_file or "").rpartition("/")
+        options = ", ".join(error.options or [])
+        raise ConfigError(f"unknown {group or 'config'} '{name}'; choose one of: {options}") from None
+    except OverrideParseException as error:
+        lines = str(error).splitlines()
+        first = lines[1] if lines[0].startswith("Error parsing override") and len(lines) > 1 else lines[0]
+        culprit = next((o for o in overrides if not _parses(o)), None)
+        where = f"override '{culprit}'" if culprit else "the command line"
+        raise ConfigError(f"cannot parse {where} ({first}); write overrides as key=value") from None
+    except HydraException as error:
+        match = re.match(r"Could not override '([^']+)'", str(error))
+        if match is None or "not in struct" not in str(error.__cause__):
+            raise ConfigError(str(error).splitlines()[0]) from None
+        key = match.group(1)
+        groups = {path.name for path in CONFIG_DIR.iterdir() if path.is_dir()}
+        hint = _close_key(key, [o for o in overrides if o.split("=")[0] in groups], config_name)
+        raise ConfigError(f"unknown config key '{key}'; check the spelling (known keys are in config/*.yaml){hint}") from None
+
+
+def _parses(override: str) -> bool:
+    try:
+        OverridesParser.create().parse_overrides([override])
+    except HydraException:
+        return False
+    return True
+
+
+def _close_key(key: str, group_overrides: list[str], config_name: str) -> str:
+    """"; did you mean 'x'?" for the closest existing key beside `key`, or ""."""
+    parent_path, _, leaf = key.rpartition(".")
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            node = compose(config_name, overrides=group_overrides)
+    except HydraException:
+        return ""
+    for part in parent_path.split(".") if parent_path else []:
+        node = node.get(part) if isinstance(node, DictConfig) else None
+    if not isinstance(node, DictConfig):
+        return ""
+    close = difflib.get_close_matches(leaf, [str(name) for name in node.keys()], n=1)
+    return f"; did you mean '{parent_path + '.' if parent_path else ''}{close[0]}'?" if close else ""
