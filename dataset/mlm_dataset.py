@@ -330,12 +330,16 @@ class _SplitShards:
             raise UserError(f"{path} has shape {array.shape}, not (n, *{row_shape}); rebuild the dataset")
         return array
 
-    def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Rows (global indices) of every stored array: ids, and nsp/masked/labels when present."""
+    def take(
+        self, rows: np.ndarray, keys: tuple[str, ...] = ("ids", "nsp", "masked", "labels")
+    ) -> dict[str, np.ndarray]:
+        """Rows (global indices) of the stored arrays among `keys` that exist: ids, and
+        nsp/masked/labels when present."""
         shard_of_row = np.searchsorted(self.starts, rows, side="right") - 1  # (n,)
         arrays = {"ids": self.ids, "nsp": self.nsp, "masked": self.masked, "labels": self.labels}
         out = {}
-        for key, shards in arrays.items():
+        for key in keys:
+            shards = arrays[key]
             if not shards:
                 continue
             result = np.empty((len(rows),) + shards[0].shape[1:], dtype=np.int64)
@@ -364,6 +368,15 @@ def _model_batch(
     if meta.nsp:
         batch["next_sentence_label"] = stored["nsp"].astype(np.int64)
     return batch
+
+
+def _trimmed_length(ids: np.ndarray, pad_id: int, multiple: int) -> int:
+    """Columns to keep: up to the last real token of any row, rounded up to `multiple`
+    (at most the full length). Padding is only ever at the end of a sequence."""
+    length = ids.shape[1]
+    real_columns = np.flatnonzero((ids != pad_id).any(axis=0))  # (k,)
+    longest = int(real_columns[-1]) + 1 if len(real_columns) else 1
+    return min(length, -(-longest // multiple) * multiple)
 
 
 def _check_batch_split(global_batch_size: int, rank: int, world_size: int) -> None:
@@ -395,7 +408,9 @@ class MLMTrainStream:
     permutation; global batches are consecutive chunks of that stream, spanning epochs.
     The state is the absolute stream position, so resuming needs no replay. Each rank
     reads only its own rows; the mask draws are made for the whole global batch and
-    sliced, so the result equals `rank_slice` of the single-process batch.
+    sliced, so the result equals `rank_slice` of the single-process batch. With
+    `trim_to_multiple`, the columns after the global batch's longest sequence are dropped
+    (rounded up to the multiple): the same on every rank, and no compute on them.
     """
 
     def __init__(
@@ -406,8 +421,14 @@ class MLMTrainStream:
         rank: int,
         world_size: int,
         masking: MaskingConfig,
+        trim_to_multiple: int | None = None,
     ):
         _check_batch_split(global_batch_size, rank, world_size)
+        if trim_to_multiple is not None and trim_to_multiple <= 0:
+            raise ValueError(f"trim_to_multiple must be positive or None, got {trim_to_multiple}")
+        self.trim_to_multiple = trim_to_multiple
+        """Drop trailing all-padding columns of each global batch, keeping a multiple of
+        this many; None serves the full `seq_len`."""
         self.metadata = load_mlm_metadata(paths)
         self._train = _SplitShards(self.metadata, "train")
         if self._train.num_rows == 0:
@@ -443,7 +464,8 @@ class MLMTrainStream:
         start = self._position
         local = self.global_batch_size // self.world_size
         first, stop = self.rank * local, (self.rank + 1) * local
-        rows = self._rows(start, self.global_batch_size)[first:stop]  # (b,)
+        global_rows = self._rows(start, self.global_batch_size)  # (B,)
+        rows = global_rows[first:stop]  # (b,)
         stored = self._train.take(rows)
         if self._masker is None:
             masked, labels = stored["masked"], stored["labels"]
@@ -453,7 +475,13 @@ class MLMTrainStream:
             )
             masked, labels = self._masker.apply(stored["ids"], draws.rows(first, stop))
         self._position += self.global_batch_size
-        return _model_batch(stored, masked, labels, self.metadata)
+        batch = _model_batch(stored, masked, labels, self.metadata)
+        if self.trim_to_multiple is None:
+            return batch
+        # Decided on the global batch, so every rank keeps the same width.
+        ids = stored["ids"] if self.world_size == 1 else self._train.take(global_rows, ("ids",))["ids"]
+        width = _trimmed_length(ids, self.metadata.pad_id, self.trim_to_multiple)
+        return {key: value[:, :width] if value.ndim == 2 else value for key, value in batch.items()}
 
     def state_dict(self) -> dict[str, int]:
         """Examples served so far (all ranks together), and the dataset size as a check."""

@@ -52,7 +52,7 @@ MLM_DATA = DataKind(
     name="mlm",
     load_metadata=mlm_dataset.load_mlm_metadata,
     train_stream=lambda paths, seed, batch, rank, world, arch: mlm_dataset.MLMTrainStream(
-        paths, seed, batch, rank, world, arch.masking
+        paths, seed, batch, rank, world, arch.masking, arch.trim_padding_to_multiple
     ),
     eval_batches=lambda paths, batch, rank, world, arch, seed: mlm_dataset.iter_mlm_eval_batches(
         paths, batch, rank, world, arch.masking, seed

@@ -213,11 +213,12 @@ def _skip_step(state: TrainState, ctx: RunContext) -> None:
     state.nonfinite_total += 1
     _zero_grads(state)
     if ctx.dist.is_main:
-        tqdm.write(f"warning: step {state.step}: non-finite loss or gradients, step skipped "
+        # Steps are numbered as in the metrics: step N is the N-th update (state.step counts the done ones).
+        tqdm.write(f"warning: step {state.step + 1}: non-finite loss or gradients, step skipped "
                    f"({state.nonfinite_in_a_row} in a row, {state.nonfinite_total} in total)")
     if state.nonfinite_in_a_row >= ctx.config.max_nonfinite_steps:
         raise UserError(
-            f"loss or gradients were not finite for {state.nonfinite_in_a_row} steps in a row (step {state.step}); "
+            f"loss or gradients were not finite for {state.nonfinite_in_a_row} steps in a row (step {state.step + 1}); "
             "lower lr, check the data, or raise max_nonfinite_steps"
         )
 

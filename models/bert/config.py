@@ -63,6 +63,13 @@ class BertConfig(BaseModel):
     padded rows are never predicted (their logits are -inf) and export drops them."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass: less memory, ~30% slower."""
+    unpad: bool = True
+    """Run the embeddings, dense layers and feed-forward only on the real (non-padding)
+    tokens, gathered to (N, H); attention still runs on the padded layout. Same results
+    as the padded model (up to float rounding), less compute when batches hold padding."""
+    trim_padding_to_multiple: int | None = 8
+    """Training batches drop their trailing all-padding columns (decided on the global
+    batch), keeping a multiple of this many; None always serves the full sequence length."""
     forward_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     """Compute dtype under autocast on accelerators (the loop applies it; CPU runs float32)."""
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
@@ -77,6 +84,7 @@ class BertConfig(BaseModel):
             "max_position_embeddings": self.max_position_embeddings,
             "type_vocab_size": self.type_vocab_size,
             "pad_vocab_to_multiple": self.pad_vocab_to_multiple,
+            "trim_padding_to_multiple": self.trim_padding_to_multiple or 1,
         }
         for key, value in positive.items():
             if value <= 0:

@@ -5,10 +5,12 @@ The architecture is the original one, so the weights convert one-to-one to Huggi
 exact (erf) GELU, learned absolute positions, token-type embeddings, a pooler (dense +
 tanh on [CLS]) and a decoder tied to the word embeddings.
 
-Three changes are for speed only and do not change the weights:
+Four changes are for speed only and do not change the weights:
 - query, key and value are one fused Linear ([3H, H] weight);
 - the vocabulary is padded to a multiple of `pad_vocab_to_multiple` (padded logits -inf);
-- the MLM transform and decoder run only at the labelled positions (~15% of tokens).
+- the MLM transform and decoder run only at the labelled positions (~15% of tokens);
+- with `unpad` (default), training runs the embeddings, dense layers and feed-forward
+  on the real tokens only (N, H); attention stays on the padded layout.
 """
 
 from __future__ import annotations
@@ -39,12 +41,35 @@ class BertEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        """Token ids and segment ids (B, L) -> embeddings (B, L, H)."""
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (L,)
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (B, L, H)
-        x = x + self.position_embeddings(positions)  # (B, L, H)
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token ids and segment ids (B, L) -> embeddings (B, L, H); or, given each token's
+        position, ids (N,) of gathered tokens -> (N, H)."""
+        if positions is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (L,)
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (..., H)
+        x = x + self.position_embeddings(positions)  # (..., H)
         return self.dropout(self.norm(x))
+
+
+class TokenLayout:
+    """Where the real tokens of a padded batch are: gathers (B, L, ...) -> (N, ...) and
+    scatters back, N = number of real tokens, in row-major order."""
+
+    def __init__(self, real: torch.Tensor):
+        """real: bool (B, L), True = a real token."""
+        self.shape = real.shape
+        self.index = real.flatten().nonzero().squeeze(1)  # (N,) flat positions of the real tokens
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, ...) -> (N, ...)."""
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (B, L, ...), zeros at the padding positions."""
+        full = x.new_zeros((self.shape[0] * self.shape[1], *x.shape[1:]))
+        return full.index_copy(0, self.index, x).view(*self.shape, *x.shape[1:])
 
 
 class BertSelfAttention(nn.Module):
@@ -57,14 +82,24 @@ class BertSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, L, H), key_mask bool (B, 1, 1, L) with True = attend -> (B, L, H)."""
-        batch, length, hidden = x.shape
-        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, hidden // self.num_heads)  # (B, L, 3, nh, hs)
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
+        """x (B, L, H), key_mask bool (B, 1, 1, L) with True = attend -> (B, L, H).
+
+        With a `layout`, x holds only the real tokens (N, H): the projections run on
+        them and attention on the padded layout (padding keys are zero and masked out).
+        """
+        qkv = self.qkv(x)  # (B, L, 3H) or (N, 3H)
+        if layout is not None:
+            qkv = layout.pad(qkv)  # (B, L, 3H)
+        batch, length, width = qkv.shape
+        hidden = width // 3
+        qkv = qkv.view(batch, length, 3, self.num_heads, hidden // self.num_heads)  # (B, L, 3, nh, hs)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, L, hs)
         dropout = self.dropout_prob if self.training else 0.0
         y = F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask, dropout_p=dropout)  # (B, nh, L, hs)
         y = y.transpose(1, 2).reshape(batch, length, hidden)  # (B, L, H)
+        if layout is not None:
+            y = layout.gather(y)  # (N, H)
         return self.out(y)
 
 
@@ -80,9 +115,9 @@ class BertLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, L, H) -> (B, L, H)."""
-        x = self.attention_norm(x + self.dropout(self.attention(x, key_mask)))
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
+        """x (B, L, H) -> (B, L, H); with a `layout`, real tokens only: (N, H) -> (N, H)."""
+        x = self.attention_norm(x + self.dropout(self.attention(x, key_mask, layout)))
         inner = F.gelu(self.ffn_in(x), approximate="none")  # (B, L, I)
         return self.ffn_norm(x + self.dropout(self.ffn_out(inner)))
 
@@ -156,11 +191,31 @@ class Bert(TrainModule):
         mask = mask | ~mask.any(dim=-1, keepdim=True)  # (B, L)
         key_mask = mask[:, None, None, :]  # (B, 1, 1, L)
         x = self.embeddings(input_ids, token_type_ids)  # (B, L, H)
+        return self._layers(x, key_mask, None)
+
+    def encode_tokens(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, TokenLayout]:
+        """Final hidden states of the real tokens only, (N, H), and where they sit.
+
+        Equal to `layout.gather(encode(...))` up to float rounding; embeddings, dense
+        layers and feed-forward skip the padding. Rows without a real token count as all
+        real, as in `encode`.
+        """
+        mask = attention_mask.bool()
+        mask = mask | ~mask.any(dim=-1, keepdim=True)  # (B, L)
+        layout = TokenLayout(mask)
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)  # (B, L)
+        x = self.embeddings(layout.gather(input_ids), layout.gather(token_type_ids), layout.gather(positions))  # (N, H)
+        return self._layers(x, mask[:, None, None, :], layout), layout
+
+    def _layers(self, x: torch.Tensor, key_mask: torch.Tensor, layout: TokenLayout | None) -> torch.Tensor:
+        """The encoder layers over x (B, L, H), or (N, H) real tokens with a layout."""
         for layer in self.layers:
             if self.config.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, key_mask, use_reentrant=False)
+                x = checkpoint(layer, x, key_mask, layout, use_reentrant=False)
             else:
-                x = layer(x, key_mask)
+                x = layer(x, key_mask, layout)
         return x
 
     def mlm_logits(self, hidden: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -182,7 +237,11 @@ class Bert(TrainModule):
         """Is-next / not-next logits (B, 2) from the pooled [CLS] state of hidden (B, L, H)."""
         if self.pooler is None or self.nsp_head is None:
             raise RuntimeError("this model has no NSP head; build it with arch.loss.use_nsp=true")
-        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, H)
+        return self._nsp_head_logits(hidden[:, 0])
+
+    def _nsp_head_logits(self, first: torch.Tensor) -> torch.Tensor:
+        """[CLS] states (B, H) -> is-next / not-next logits (B, 2)."""
+        pooled = torch.tanh(self.pooler(first))  # (B, H)
         return self.nsp_head(pooled)
 
     # ---- training step -------------------------------------------------------------
@@ -193,21 +252,31 @@ class Bert(TrainModule):
 
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
         """One MLM (+ NSP) step: summed losses and metrics with their counts."""
-        hidden = self.encode(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])  # (B, L, H)
-        losses, metrics = self._mlm_terms(hidden, batch["labels"])
+        labels = batch["labels"]
+        selected = labels != IGNORE_LABEL_ID  # (B, L)
+        if self.config.unpad:
+            tokens, layout = self.encode_tokens(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+            labelled = tokens[layout.gather(selected)]  # (N_labelled, H), row-major like hidden[selected]
+        else:
+            hidden = self.encode(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])  # (B, L, H)
+            labelled = hidden[selected]  # (N_labelled, H)
+        losses, metrics = self._mlm_terms(labelled, labels, selected)
         if self.config.loss.use_nsp:
-            nsp_losses, nsp_metrics = self._nsp_terms(hidden, batch["next_sentence_label"])
+            first = tokens[layout.gather(_first_column(selected))] if self.config.unpad else hidden[:, 0]  # (B, H)
+            nsp_losses, nsp_metrics = self._nsp_terms(first, batch["next_sentence_label"])
             losses.update(nsp_losses)
             metrics.update(nsp_metrics)
         return StepOutput(carry={}, losses=losses, metrics=metrics, all_halted=True)
 
     def _mlm_terms(
-        self, hidden: torch.Tensor, labels: torch.Tensor
+        self, labelled: torch.Tensor, labels: torch.Tensor, selected: torch.Tensor
     ) -> tuple[dict[str, SumAndCount], dict[str, SumAndCount]]:
-        """MLM loss, token accuracy and sequence exact accuracy over the labelled positions."""
-        selected = labels != IGNORE_LABEL_ID  # (B, L)
+        """MLM loss, token accuracy and sequence exact accuracy over the labelled positions.
+
+        labelled (N, H): final hidden states at the `selected` (B, L) positions, row-major.
+        """
         targets = labels[selected]  # (N,)
-        logits = self.mlm_logits(hidden, selected)  # (N, V_pad)
+        logits = self.mlm_logits(labelled)  # (N, V_pad)
         loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
         correct = logits.argmax(dim=-1) == targets  # (N,)
         # A sequence is exactly right when none of its labelled tokens is wrong.
@@ -223,15 +292,22 @@ class Bert(TrainModule):
         return losses, metrics
 
     def _nsp_terms(
-        self, hidden: torch.Tensor, next_sentence_label: torch.Tensor
+        self, first: torch.Tensor, next_sentence_label: torch.Tensor
     ) -> tuple[dict[str, SumAndCount], dict[str, SumAndCount]]:
-        """NSP loss and accuracy over the rows that carry a label."""
-        logits = self.nsp_logits(hidden).float()  # (B, 2)
+        """NSP loss and accuracy over the rows that carry a label; first (B, H): [CLS] states."""
+        logits = self._nsp_head_logits(first).float()  # (B, 2)
         valid = next_sentence_label != IGNORE_LABEL_ID  # (B,)
         loss_sum = F.cross_entropy(logits, next_sentence_label, ignore_index=IGNORE_LABEL_ID, reduction="sum")
         correct = (logits.argmax(dim=-1) == next_sentence_label) & valid  # (B,)
         num_rows = valid.sum()
         return {"nsp_loss": (loss_sum, num_rows)}, {"nsp_accuracy": (correct.sum(), num_rows)}
+
+
+def _first_column(like: torch.Tensor) -> torch.Tensor:
+    """bool (B, L), True in column 0: the [CLS] positions."""
+    first = torch.zeros_like(like, dtype=torch.bool)
+    first[:, 0] = True
+    return first
 
 
 def build_bert(config: BertConfig, metadata) -> Bert:

@@ -234,7 +234,8 @@ class TRM(TrainModule):
             loss_weights={name: weights[name] for name in losses},
             metrics=metrics,
             outputs=outputs,
-            all_halted=bool(halted.all()),
+            # Only evaluation reads it; in training it would cost a device sync every step.
+            all_halted=True if self.training else bool(halted.all()),
         )
 
     @torch.no_grad()

@@ -1,0 +1,1 @@
+"""Reproducible speed and memory comparisons; see benchmarks/RESULTS.md."""

