@@ -325,7 +325,10 @@ class _SplitShards:
     def _open(path: Path, row_shape: tuple[int, ...], rows: int | None = None) -> np.ndarray:
         if not path.is_file():
             raise UserError(f"{path} is missing; the dataset is incomplete, rebuild it")
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)  # never unpickles: no code runs
+        except (ValueError, OSError, EOFError) as error:
+            raise UserError(f"{path} cannot be read ({error}); rebuild the dataset") from None
         if array.shape[1:] != row_shape or (rows is not None and len(array) != rows):
             raise UserError(f"{path} has shape {array.shape}, not (n, *{row_shape}); rebuild the dataset")
         return array

@@ -380,3 +380,15 @@ def test_whole_word_warns_without_continuations(tmp_path):
         warnings.simplefilter("always")
         make_stream(tmp_path, masking=MaskingConfig(whole_word=True))
     assert any("whole_word has no effect" in str(w.message) for w in caught)
+
+
+def test_truncated_or_pickled_shard_is_refused_with_one_line(tmp_path):
+    root = tmp_path / "data"
+    write_dataset(root, num_train=8, num_test=2)
+    shard = next((root / "train").glob("shard_*.npy"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(UserError, match="cannot be read"):
+        MLMTrainStream([str(root)], 0, 4, 0, 1, MaskingConfig()).next_batch()
+    np.save(shard, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(UserError, match="cannot be read"):
+        MLMTrainStream([str(root)], 0, 4, 0, 1, MaskingConfig()).next_batch()
