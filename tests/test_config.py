@@ -83,3 +83,10 @@ def test_bad_arch_values(overrides, message):
 def test_unknown_arch_name_lists_known():
     with pytest.raises(ConfigError, match="known architectures: bert, trm"):
         get_arch("gpt")
+
+
+def test_cross_field_error_names_the_fields_not_the_whole_section():
+    config = validate(PretrainConfig, compose_config(["arch=bert", "arch.hidden_size=100", "arch.num_heads=3"]))
+    with pytest.raises(ConfigError) as info:
+        validate(get_arch("bert").config_class, config.arch, prefix="arch.")
+    assert str(info.value) == "arch.hidden_size (100) must be divisible by arch.num_heads (3)"

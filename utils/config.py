@@ -142,6 +142,9 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> str:
     if first["type"] == "missing":
         return f"config key '{key}' is required"
     message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:
+        # A check across several fields: its message names them; the input is the whole section.
+        return message
     if key:
         return f"config key '{key}': {message} (got {first.get('input')!r})"
     return message

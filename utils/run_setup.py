@@ -63,6 +63,12 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
         if spec.hf_config is None:
             raise ConfigError(f"+init_from_hf is not supported for arch {arch_config.name}; remove it")
         arch_config = spec.hf_config(config.init_from_hf, arch_config)
+        hf_vocab = getattr(arch_config, "vocab_size", None)
+        if hf_vocab is not None and hf_vocab != metadata.vocab_size:
+            raise ConfigError(
+                f"the dataset's vocabulary has {metadata.vocab_size} tokens but the model in {config.init_from_hf} "
+                f"has {hf_vocab}; rebuild the dataset with --tokenizer {config.init_from_hf}"
+            )
     torch.manual_seed(config.seed)
     model = spec.build(arch_config, metadata).to(dist.device)
     if config.init_from_hf:

@@ -380,6 +380,9 @@ def fit(state: TrainState, ctx: RunContext) -> None:
     last_step = state.total_steps if config.max_steps is None else min(state.total_steps, config.max_steps)
     # A run cut short by max_steps still ends with an evaluation.
     evaluations = sorted({step for step in eval_steps(config, state) if state.step < step < last_step} | {last_step})
+    if state.step >= last_step and ctx.dist.is_main:
+        print(f"nothing to train: the run is at step {state.step} and ends at step {last_step}; "
+              "raise epochs or max_steps to continue", flush=True)
     stop = StopRequest()
     stop.install()
     progress = tqdm(total=last_step, initial=state.step, disable=not ctx.dist.is_main, dynamic_ncols=True)

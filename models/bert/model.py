@@ -15,6 +15,7 @@ Four changes are for speed only and do not change the weights:
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -249,6 +250,12 @@ class Bert(TrainModule):
     def initial_carry(self, batch: dict[str, torch.Tensor]) -> Carry:
         """BERT carries nothing between steps."""
         return {}
+
+    def derived_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Perplexity of the masked tokens, exp(mean MLM loss)."""
+        if "mlm_loss" not in metrics:
+            return {}
+        return {"perplexity": math.exp(min(metrics["mlm_loss"], 700.0))}
 
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
         """One MLM (+ NSP) step: summed losses and metrics with their counts."""
