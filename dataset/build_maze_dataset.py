@@ -31,13 +31,15 @@ import numpy as np  # noqa: E402
 
 from dataset import maze  # noqa: E402
 from dataset.common import UserError, atomic_output_dir, run_cli, write_json, write_puzzle_split  # noqa: E402
-from dataset.puzzle_dataset import generate_parallel, read_puzzle_csv, single_example_split  # noqa: E402
-from dataset.stream import seeded_rng  # noqa: E402
+from dataset.puzzle_dataset import (  # noqa: E402
+    generate_parallel,
+    load_csv_or_generated_splits,
+    read_puzzle_csv,
+    single_example_split,
+)
 
 VOCAB_SIZE = len(maze.CHARSET) + 1
 NUM_DIHEDRAL = 8
-# Second keys of seeded_rng(seed, key, ...), one per random decision.
-SUBSAMPLE_KEY, TEST_SUBSAMPLE_KEY, GENERATE_TRAIN_KEY, GENERATE_TEST_KEY = 1, 2, 10, 11
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -113,16 +115,6 @@ def read_split_csv(args: argparse.Namespace, split: str) -> tuple[np.ndarray, np
     return grids_of(rows.questions, args.size), grids_of(rows.answers, args.size)
 
 
-def subsample(questions: np.ndarray, labels: np.ndarray, size: int | None, rng, flag: str) -> tuple[np.ndarray, np.ndarray]:
-    """`size` random mazes (in their original order), or all when `size` is None."""
-    if size is None:
-        return questions, labels
-    if size > len(questions):
-        raise UserError(f"{flag} {size} exceeds the {len(questions)} mazes available; lower it")
-    chosen = np.sort(rng.choice(len(questions), size=size, replace=False))
-    return questions[chosen], labels[chosen]
-
-
 def generated_split(args: argparse.Namespace, count: int, key: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """`count` generated (questions, labels), [count, size, size] character grids each."""
     min_path_length = args.min_path_length or maze.default_min_path_length(args.size)
@@ -145,19 +137,6 @@ def with_dihedral(questions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     return tuple(grids.reshape(-1, *grids.shape[2:]) for grids in transforms)
 
 
-def load_grids(args: argparse.Namespace) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(questions, labels) of each split before augmentation."""
-    if args.generate is not None:
-        train = generated_split(args, args.generate, GENERATE_TRAIN_KEY, "train")
-        test = generated_split(args, args.test_size or 1000, GENERATE_TEST_KEY, "test")
-    else:
-        train = read_split_csv(args, "train")
-        test_rng = seeded_rng(args.seed, TEST_SUBSAMPLE_KEY)
-        test = subsample(*read_split_csv(args, "test"), args.test_size, test_rng, "--test-size")
-    train = subsample(*train, args.subsample_size, seeded_rng(args.seed, SUBSAMPLE_KEY), "--subsample-size")
-    return {"train": train, "test": test}
-
-
 def main(argv: list[str] | None = None) -> None:
     """Build the dataset folder described by the flags."""
     args = parse_args(argv)
@@ -165,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     if Path(args.output_dir).exists() and not args.overwrite:
         # Checked before the slow part too; atomic_output_dir checks again when writing.
         raise UserError(f"output folder {args.output_dir} already exists; choose another --output-dir or pass --overwrite")
-    grids = load_grids(args)
+    grids = load_csv_or_generated_splits(args, generated_split, read_split_csv)
     with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as output:
         for split, (questions, labels) in grids.items():
             if len(questions) == 0:

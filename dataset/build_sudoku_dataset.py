@@ -37,14 +37,20 @@ import numpy as np  # noqa: E402
 
 from dataset import sudoku  # noqa: E402
 from dataset.common import UserError, atomic_output_dir, run_cli, write_json, write_puzzle_split  # noqa: E402
-from dataset.puzzle_dataset import generate_parallel, read_puzzle_csv, single_example_split  # noqa: E402
+from dataset.puzzle_dataset import (  # noqa: E402
+    generate_parallel,
+    load_csv_or_generated_splits,
+    read_puzzle_csv,
+    single_example_split,
+)
 from dataset.stream import seeded_rng  # noqa: E402
 
 VOCAB_SIZE = 11
 QUESTION_CHARS = frozenset(".0123456789")
 ANSWER_CHARS = frozenset("123456789")
-# Second keys of seeded_rng(seed, key, ...), one per random decision, so they never share draws.
-SUBSAMPLE_KEY, TEST_SUBSAMPLE_KEY, AUGMENT_KEY, GENERATE_TRAIN_KEY, GENERATE_TEST_KEY = 1, 2, 3, 10, 11
+# Second key of seeded_rng(seed, key, ...) for augmentation; the split keys (1, 2, 10, 11)
+# are in dataset.puzzle_dataset, so no two random decisions share draws.
+AUGMENT_KEY = 3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -121,16 +127,6 @@ def read_split_csv(args: argparse.Namespace, split: str) -> tuple[np.ndarray, np
     return puzzles[harder], solutions[harder]
 
 
-def subsample(puzzles: np.ndarray, solutions: np.ndarray, size: int | None, rng, flag: str) -> tuple[np.ndarray, np.ndarray]:
-    """`size` random rows (in their original order), or all rows when `size` is None."""
-    if size is None:
-        return puzzles, solutions
-    if size > len(puzzles):
-        raise UserError(f"{flag} {size} exceeds the {len(puzzles)} puzzles available; lower it")
-    chosen = np.sort(rng.choice(len(puzzles), size=size, replace=False))
-    return puzzles[chosen], solutions[chosen]
-
-
 def generated_split(args: argparse.Namespace, count: int, key: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """`count` generated (puzzles, solutions), uint8 [count, 81] each."""
     make_one = functools.partial(
@@ -152,19 +148,6 @@ def with_augmentations(puzzles: np.ndarray, solutions: np.ndarray, num_aug: int,
     return np.concatenate(inputs), np.concatenate(labels)
 
 
-def load_boards(args: argparse.Namespace) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(puzzles, solutions) of each split before augmentation."""
-    if args.generate is not None:
-        train = generated_split(args, args.generate, GENERATE_TRAIN_KEY, "train")
-        test = generated_split(args, args.test_size or 1000, GENERATE_TEST_KEY, "test")
-    else:
-        train = read_split_csv(args, "train")
-        test_rng = seeded_rng(args.seed, TEST_SUBSAMPLE_KEY)
-        test = subsample(*read_split_csv(args, "test"), args.test_size, test_rng, "--test-size")
-    train = subsample(*train, args.subsample_size, seeded_rng(args.seed, SUBSAMPLE_KEY), "--subsample-size")
-    return {"train": train, "test": test}
-
-
 def main(argv: list[str] | None = None) -> None:
     """Build the dataset folder described by the flags."""
     args = parse_args(argv)
@@ -172,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     if Path(args.output_dir).exists() and not args.overwrite:
         # Checked before the slow part too; atomic_output_dir checks again when writing.
         raise UserError(f"output folder {args.output_dir} already exists; choose another --output-dir or pass --overwrite")
-    boards = load_boards(args)
+    boards = load_csv_or_generated_splits(args, generated_split, read_split_csv)
     with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as output:
         for split, (puzzles, solutions) in boards.items():
             if len(puzzles) == 0:

@@ -477,3 +477,35 @@ def generate_parallel(make_one: Callable[[int], object], count: int, num_workers
                 results.append(result)
                 progress.update()
             return results
+
+
+SUBSAMPLE_KEY, TEST_SUBSAMPLE_KEY, GENERATE_TRAIN_KEY, GENERATE_TEST_KEY = 1, 2, 10, 11
+"""Seed-stream keys of the Sudoku and Maze builders (fixed: they make builds reproducible)."""
+
+
+def subsample(questions: np.ndarray, labels: np.ndarray, size: int | None, rng, flag: str) -> tuple[np.ndarray, np.ndarray]:
+    """`size` random rows (in their original order), or all rows when `size` is None."""
+    if size is None:
+        return questions, labels
+    if size > len(questions):
+        raise UserError(f"{flag} {size} exceeds the {len(questions)} examples available; lower it")
+    chosen = np.sort(rng.choice(len(questions), size=size, replace=False))
+    return questions[chosen], labels[chosen]
+
+
+def load_csv_or_generated_splits(args, generated_split, read_split_csv) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(questions, labels) of each split before augmentation, for the Sudoku and Maze builders.
+
+    `generated_split(args, count, key, name)` makes puzzles offline (`--generate`);
+    `read_split_csv(args, name)` reads `<name>.csv` from `--source-dir`. `--subsample-size`
+    and `--test-size` then pick random subsets, seeded by `--seed`.
+    """
+    if args.generate is not None:
+        train = generated_split(args, args.generate, GENERATE_TRAIN_KEY, "train")
+        test = generated_split(args, args.test_size or 1000, GENERATE_TEST_KEY, "test")
+    else:
+        train = read_split_csv(args, "train")
+        test_rng = seeded_rng(args.seed, TEST_SUBSAMPLE_KEY)
+        test = subsample(*read_split_csv(args, "test"), args.test_size, test_rng, "--test-size")
+    train = subsample(*train, args.subsample_size, seeded_rng(args.seed, SUBSAMPLE_KEY), "--subsample-size")
+    return {"train": train, "test": test}

@@ -254,7 +254,7 @@ def test_build_is_seeded(tmp_path, built):
     again = build_synthetic(tmp_path, name="again")
     other = build_synthetic(tmp_path, seed=1, name="other")
     for split in ("train", "test"):
-        first, second, third = load_split(built, split), load_split(again, split), load_split(other, split)
+        first, second = load_split(built, split), load_split(again, split)
         assert all(np.array_equal(first[key], second[key]) for key in arc_fields())
     assert not np.array_equal(load_split(built, "train")["inputs"], load_split(other, "train")["inputs"])
     assert (built / "identifiers.json").read_text() == (again / "identifiers.json").read_text()

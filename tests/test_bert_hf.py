@@ -26,14 +26,6 @@ VOCAB_SIZE = len(VOCAB)  # 50, padded to 64 inside our model
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from intra-op threads, which on a busy machine cost ~10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def tiny_config(use_nsp: bool = False, **overrides) -> BertConfig:
     values = dict(

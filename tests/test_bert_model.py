@@ -19,14 +19,6 @@ VOCAB_SIZE = 50  # padded to 64 rows
 PAD_ID = 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from intra-op threads, which on a busy machine cost ~10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def tiny_config(**overrides) -> BertConfig:
     """2 layers, hidden 64, 4 heads, no dropout."""

@@ -1,6 +1,5 @@
 """Every shipped YAML composes and validates; mistakes give one clear line."""
 
-from pathlib import Path
 
 import pytest
 

@@ -22,14 +22,6 @@ from utils.prefetch import PlainBatches, Prefetcher, device_batches
 VOCAB_SIZE = 50
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from intra-op threads, which on a busy machine cost ~10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def bert(unpad: bool, nsp: bool = False) -> Bert:
     """A 2-layer BERT without dropout, the same weights whatever `unpad`."""

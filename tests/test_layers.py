@@ -21,14 +21,6 @@ from models.layers import (
 from models.losses import softmax_cross_entropy, stablemax_cross_entropy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matrices: a second thread only adds sync cost on a busy 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # ---- initialisation -------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ import pytest
 
 from dataset import build_maze_dataset, maze
 from dataset.common import run_cli
-from dataset.stream import seeded_rng
 
 
 def grid(text: str) -> np.ndarray:

@@ -17,14 +17,6 @@ from models.trm.model import TRM
 VOCAB, SEQ_LEN, NUM_PUZZLES = 6, 8, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: a second thread only adds sync cost (20x slower on a busy 2-core box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def tiny_config(**overrides) -> TRMConfig:
     settings = dict(
