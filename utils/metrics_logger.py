@@ -22,9 +22,14 @@ from typing import Any
 class MetricsLogger:
     """Appends metric records to `<run_dir>/metrics.jsonl` and, optionally, to wandb."""
 
-    def __init__(self, run_dir: Path, wandb_mode: str, project: str, run_name: str, config: dict[str, Any]):
+    def __init__(self, run_dir: Path, wandb_mode: str, project: str, run_name: str, config: dict[str, Any],
+                 resume_step: int | None = None):
+        """`resume_step`: the step a resumed run restarts from; records logged after it by
+        the interrupted run are dropped, since the resumed run logs those steps again."""
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            _drop_records_after(self.path, resume_step)
         self.file = open(self.path, "a", encoding="utf-8")
         self.wandb_run = _start_wandb(wandb_mode, run_dir, project, run_name, config)
 
@@ -42,6 +47,15 @@ class MetricsLogger:
         self.file.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """Rewrite `path` without the records of steps after `step` (atomically)."""
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+            if line.strip() and json.loads(line)["step"] <= step]
+    temporary = path.with_suffix(".jsonl.tmp")
+    temporary.write_text("".join(kept), encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def _json_number(value: float) -> float | str:

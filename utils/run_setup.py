@@ -137,7 +137,8 @@ def open_logger(state: TrainState, ctx: RunContext) -> None:
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     snapshot = ctx.resolved_config()
     (ctx.run_dir / "config.json").write_text(json.dumps(snapshot, indent=2), encoding="utf-8")
-    ctx.logger = MetricsLogger(ctx.run_dir, ctx.config.wandb, ctx.project_name, ctx.run_name, snapshot)
+    resume_step = state.step if state.step > 0 and not ctx.config.eval_only else None
+    ctx.logger = MetricsLogger(ctx.run_dir, ctx.config.wandb, ctx.project_name, ctx.run_name, snapshot, resume_step)
     parameters = sum(param.numel() for param in state.model.parameters())
     print(f"run {ctx.project_name}/{ctx.run_name} in {ctx.run_dir}: {parameters / 1e6:.2f}M parameters, "
           f"{state.total_steps} steps ({state.steps_per_epoch:.3f} per epoch), device {ctx.dist.device}, "
