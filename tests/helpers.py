@@ -75,3 +75,32 @@ TINY_BERT = [
     "arch=bert_tiny", "arch.num_layers=1", "arch.hidden_size=32", "arch.num_heads=2", "wandb=disabled",
     "lr_warmup_steps=2", "log_interval=1",
 ]
+
+
+def tiny_bert_config(use_nsp: bool = False, **overrides):
+    """A 2-layer, hidden-64, 4-head BertConfig without dropout, for model tests."""
+    from models.bert.config import BertConfig, BertLossConfig
+
+    values = dict(
+        name="bert", loss=BertLossConfig(use_nsp=use_nsp), num_layers=2, hidden_size=64, num_heads=4,
+        max_position_embeddings=32, hidden_dropout_prob=0.0, attention_dropout_prob=0.0,
+    )
+    values.update(overrides)
+    return BertConfig(**values)
+
+
+def run_builder(main, *flags) -> int:
+    """Run a dataset builder's `main(argv)` in-process as its CLI would; return the exit status."""
+    from dataset.common import run_cli
+
+    try:
+        run_cli(lambda: main([str(flag) for flag in flags]))
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+def load_puzzle_arrays(folder: Path, split: str) -> dict[str, np.ndarray]:
+    """The arrays of set `all` of one split of a puzzle dataset."""
+    names = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+    return {name: np.load(folder / split / f"all__{name}.npy", allow_pickle=False) for name in names}

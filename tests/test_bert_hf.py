@@ -15,9 +15,9 @@ import transformers
 from safetensors.torch import save_file
 
 from dataset.common import UserError
-from models.bert.config import BertConfig, BertLossConfig
 from models.bert.hf import config_from_hf, load_hf_weights
 from models.bert.model import Bert
+from tests.helpers import tiny_bert_config as tiny_config
 from utils.export_hf import export, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,20 +26,6 @@ VOCAB_SIZE = len(VOCAB)  # 50, padded to 64 inside our model
 TOLERANCE = 1e-4
 
 
-
-def tiny_config(use_nsp: bool = False, **overrides) -> BertConfig:
-    values = dict(
-        name="bert",
-        loss=BertLossConfig(use_nsp=use_nsp),
-        num_layers=2,
-        hidden_size=64,
-        num_heads=4,
-        max_position_embeddings=32,
-        hidden_dropout_prob=0.0,
-        attention_dropout_prob=0.0,
-    )
-    values.update(overrides)
-    return BertConfig(**values)
 
 
 @torch.no_grad()

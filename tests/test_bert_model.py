@@ -12,27 +12,14 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from dataset.common import IGNORE_LABEL_ID, UserError
-from models.bert.config import BertConfig, BertLossConfig
+from models.bert.config import BertLossConfig
 from models.bert.model import Bert, build_bert
+from tests.helpers import tiny_bert_config as tiny_config
 
 VOCAB_SIZE = 50  # padded to 64 rows
 PAD_ID = 0
 
 
-
-def tiny_config(**overrides) -> BertConfig:
-    """2 layers, hidden 64, 4 heads, no dropout."""
-    values = dict(
-        name="bert",
-        num_layers=2,
-        hidden_size=64,
-        num_heads=4,
-        max_position_embeddings=32,
-        hidden_dropout_prob=0.0,
-        attention_dropout_prob=0.0,
-    )
-    values.update(overrides)
-    return BertConfig(**values)
 
 
 def make_batch(seed: int, batch: int = 4, length: int = 12, nsp: bool = False) -> dict[str, torch.Tensor]:

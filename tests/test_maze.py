@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dataset import build_maze_dataset, maze
-from dataset.common import run_cli
+from tests.helpers import load_puzzle_arrays as load, run_builder
+
+build = functools.partial(run_builder, build_maze_dataset.main)
 
 
 def grid(text: str) -> np.ndarray:
@@ -97,19 +99,6 @@ def test_encode_decode_round_trip():
         maze.encode(grid("#x\n##"))
 
 
-def build(*flags) -> int:
-    try:
-        run_cli(lambda: build_maze_dataset.main([str(flag) for flag in flags]))
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
-
-
-def load(folder: Path, split: str) -> dict[str, np.ndarray]:
-    return {
-        name: np.load(folder / split / f"all__{name}.npy", allow_pickle=False)
-        for name in ("inputs", "labels", "puzzle_indices", "group_indices")
-    }
 
 
 def test_generated_dataset_with_aug_is_reproducible(tmp_path):

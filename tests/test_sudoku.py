@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import subprocess
 import sys
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 
 from dataset import build_sudoku_dataset, sudoku
-from dataset.common import run_cli
 from dataset.stream import seeded_rng
+from tests.helpers import load_puzzle_arrays as load, run_builder
+
+build = functools.partial(run_builder, build_sudoku_dataset.main)
 
 REPO = Path(__file__).resolve().parents[1]
 # Arto Inkala's "hardest Sudoku" and its published solution.
@@ -89,26 +92,12 @@ def test_augmentation_keeps_valid_consistent_pairs():
         assert sudoku.solve(copy.tolist()) == answer.tolist()  # still unique and the same map
 
 
-def build(tmp_path, capsys, *flags) -> int:
-    """Run the builder's CLI in-process; return its exit status (0 on success)."""
-    try:
-        run_cli(lambda: build_sudoku_dataset.main([str(flag) for flag in flags]))
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
-
-
-def load(folder: Path, split: str) -> dict[str, np.ndarray]:
-    return {
-        name: np.load(folder / split / f"all__{name}.npy", allow_pickle=False)
-        for name in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
-    }
 
 
 def test_generated_dataset_layout_and_reproducibility(tmp_path, capsys):
     flags = ["--generate", 6, "--test-size", 3, "--num-aug", 4, "--seed", 5, "--num-workers", 1]
-    assert build(tmp_path, capsys, *flags, "--output-dir", tmp_path / "a") == 0
-    assert build(tmp_path, capsys, *flags, "--output-dir", tmp_path / "b") == 0
+    assert build(*flags, "--output-dir", tmp_path / "a") == 0
+    assert build(*flags, "--output-dir", tmp_path / "b") == 0
     train = load(tmp_path / "a", "train")
     assert train["inputs"].shape == (30, 81) and train["inputs"].dtype == np.int32
     np.testing.assert_array_equal(train["group_indices"], np.arange(0, 31, 5))
@@ -142,18 +131,18 @@ def test_csv_round_trip_and_malformed_rows(tmp_path, capsys):
     bad = [["gen", "123", "456", "0"], ["gen", good[0][1], good[1][2], "0"]]  # too short; wrong answer
     write_csv(tmp_path / "src" / "train.csv", good[:3] + bad)
     write_csv(tmp_path / "src" / "test.csv", good[3:])
-    assert build(tmp_path, capsys, "--source-dir", tmp_path / "src", "--output-dir", tmp_path / "out") == 0
+    assert build("--source-dir", tmp_path / "src", "--output-dir", tmp_path / "out") == 0
     assert "skipped 2 malformed rows" in capsys.readouterr().err
     decoded = ["".join(str(token - 1) for token in row).replace("0", ".") for row in load(tmp_path / "out", "train")["inputs"]]
     assert decoded == [row[1] for row in good[:3]]
     answers = ["".join(str(token - 1) for token in row) for row in load(tmp_path / "out", "test")["labels"]]
     assert answers == [good[3][2]]
     # --min-difficulty keeps ratings >= 1 (rows 1 and 2).
-    assert build(tmp_path, capsys, "--source-dir", tmp_path / "src", "--output-dir", tmp_path / "hard", "--min-difficulty", 1) == 0
+    assert build("--source-dir", tmp_path / "src", "--output-dir", tmp_path / "hard", "--min-difficulty", 1) == 0
     assert load(tmp_path / "hard", "train")["inputs"].shape[0] == 2
     capsys.readouterr()
     # --strict names the file and the line of the first bad row (header = line 1).
-    status = build(tmp_path, capsys, "--source-dir", tmp_path / "src", "--output-dir", tmp_path / "strict", "--strict")
+    status = build("--source-dir", tmp_path / "src", "--output-dir", tmp_path / "strict", "--strict")
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "train.csv line 5" in err[0]
     assert not (tmp_path / "strict").exists()
@@ -172,7 +161,7 @@ def test_csv_round_trip_and_malformed_rows(tmp_path, capsys):
 )
 def test_cli_errors_exit_2_one_line_no_output(tmp_path, capsys, flags, message):
     flags = [str(flag).replace("{tmp}", str(tmp_path)) for flag in flags]
-    status = build(tmp_path, capsys, *flags, "--output-dir", tmp_path / "out")
+    status = build(*flags, "--output-dir", tmp_path / "out")
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and message in err[0]
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
