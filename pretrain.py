@@ -1,13 +1,13 @@
 """Train TRM or BERT: one loop, chosen with `arch=`.
 
-    python pretrain.py arch=trm data_paths="[data/sudoku-gen]" evaluators="[]" epochs=2000 eval_interval=1000
+    python pretrain.py arch=trm data_paths="[data/sudoku-gen]" epochs=2000 eval_interval=1000
     python pretrain.py arch=bert data_paths="[data/sample-mlm]" global_batch_size=32 lr=1e-4 +run_name=demo
     torchrun --nproc-per-node 4 pretrain.py arch=bert data_paths="[data/wiki-mlm]" global_batch_size=256
     python pretrain.py arch=trm data_paths="[data/sudoku-gen]" +load_checkpoint=checkpoints/P/R   # resume
     python pretrain.py arch=trm data_paths="[...]" eval_only=true +load_checkpoint=checkpoints/P/R/step_N
 
 Hydra composes `config/cfg_pretrain.yaml` with `config/arch/<arch>.yaml`; everything
-after that is typed (`utils.config.PretrainConfig`). Mistakes in the config or the data
+after that is typed (`training.config.PretrainConfig`). Mistakes in the config or the data
 end with one line on stderr and exit status 2.
 """
 
@@ -19,11 +19,11 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dataset.common import UserError
-from utils import distributed
-from utils.config import PretrainConfig, check_overrides, validate
-from utils.run_setup import open_logger, setup
-from utils.train_loop import evaluate, fit
+from core.errors import UserError, print_error
+from training import distributed
+from training.build import open_logger, setup
+from training.config import PretrainConfig, check_overrides, validate
+from training.loop import evaluate, fit
 
 
 def launch(raw_config: dict) -> None:
@@ -50,7 +50,7 @@ def launch(raw_config: dict) -> None:
 def exit_with_error(error: UserError) -> None:
     """Print `error` as one line (rank 0 only) and exit with status 2."""
     if os.environ.get("RANK", "0") == "0":
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        print_error(error)
     sys.exit(2)
 
 

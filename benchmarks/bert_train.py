@@ -18,16 +18,12 @@ on CPU (each contender in a fresh process) and `torch.cuda.max_memory_allocated`
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import tempfile
+from pathlib import Path
 
 from benchmarks import common
-from dataset.common import UserError, run_cli
+from core.errors import UserError, run_cli
 
 SIZES = {
     "test": dict(num_layers=2, hidden_size=64, num_heads=2),
@@ -105,7 +101,7 @@ def _bert_config(args: argparse.Namespace, unpad: bool):
 
 
 def _stream(args: argparse.Namespace, arch, trim: bool):
-    from dataset.mlm_dataset import MLMTrainStream
+    from dataset.text.loader import MLMTrainStream
 
     return MLMTrainStream([args.data], 0, args.batch, 0, 1, arch.masking, trim_to_multiple=8 if trim else None)
 
@@ -124,14 +120,14 @@ def ours_worker(args: argparse.Namespace) -> dict:
     """Time `train_step` on this project's BERT, fed as `fit` feeds it."""
     import torch
 
-    from dataset.mlm_dataset import load_mlm_metadata
+    from dataset.text.loader import load_mlm_metadata
     from models.bert.model import build_bert
     from models.registry import get_arch
-    from utils.config import PretrainConfig
-    from utils.distributed import DistContext
-    from utils.prefetch import device_batches
-    from utils.signals import StopRequest
-    from utils.train_loop import MetricAccumulator, RunContext, TrainState, build_optimizers, train_step
+    from training.config import PretrainConfig
+    from training.distributed import DistContext
+    from training.loop import MetricAccumulator, RunContext, TrainState, build_optimizers, train_step
+    from training.prefetch import device_batches
+    from training.signals import StopRequest
 
     device = torch.device(args.device)
     arch = _bert_config(args, bool(args.unpad))
@@ -168,9 +164,9 @@ def hf_worker(args: argparse.Namespace) -> dict:
     import torch
     import transformers
 
-    from dataset.mlm_dataset import load_mlm_metadata
-    from utils.optim import split_decay_groups
-    from utils.train_loop import batch_to_device
+    from dataset.text.loader import load_mlm_metadata
+    from training.loop import batch_to_device
+    from training.optim import split_decay_groups
 
     device = torch.device(args.device)
     arch = _bert_config(args, unpad=False)

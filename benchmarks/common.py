@@ -56,7 +56,7 @@ def corpus_path(name: str) -> Path:
     """A corpus of ../shared/corpora; a clear error when the workspace does not have it."""
     path = SHARED_CORPORA / name
     if not path.is_file():
-        from dataset.common import UserError
+        from core.errors import UserError
 
         raise UserError(f"corpus {path} not found; the benchmarks need the workspace's ../shared/corpora")
     return path

@@ -16,18 +16,14 @@ worker's `ru_maxrss`; the 10x corpus is wikitext-2 validation repeated ten times
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 from benchmarks import common
 from benchmarks.bert_train import tokenizer_dir
-from dataset.common import UserError, run_cli
+from core.errors import UserError, run_cli
 
 CHUNK_CHARACTERS = 1 << 20
 """Text per raw `encode_batch` call, as the builder's chunks."""

@@ -6,15 +6,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 
 from benchmarks import bert_train, mlm_build, trm_train
-from dataset.common import run_cli
+from core.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> None:

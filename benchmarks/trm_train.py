@@ -17,14 +17,10 @@ batching), so examples/s = batch slots processed per second.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import math
 import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -32,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks import common
-from dataset.common import UserError, run_cli
+from core.errors import UserError, run_cli
 
 SIZES = {
     "test": dict(hidden_size=32, num_heads=2, L_layers=1, H_cycles=2, L_cycles=2),
@@ -210,10 +206,10 @@ def ours_worker(args: argparse.Namespace, size: str, batch_size: int) -> dict:
     from models.registry import get_arch
     from models.trm.config import TRMConfig
     from models.trm.model import build_trm
-    from utils.config import PretrainConfig
-    from utils.distributed import DistContext
-    from utils.signals import StopRequest
-    from utils.train_loop import MetricAccumulator, RunContext, TrainState, build_optimizers, train_step
+    from training.config import PretrainConfig
+    from training.distributed import DistContext
+    from training.loop import MetricAccumulator, RunContext, TrainState, build_optimizers, train_step
+    from training.signals import StopRequest
 
     device = torch.device(args.device)
     arch = TRMConfig(name="trm", halt_max_steps=HALT_MAX_STEPS, halt_exploration_prob=EXPLORATION,

@@ -20,22 +20,20 @@ streamed to disk as uint8 `.npy` files, so memory stays small whatever `--num-au
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from dataset import arc
-from dataset.common import PuzzleDatasetMetadata, UserError, atomic_output_dir, run_cli, write_json
+from core.errors import UserError, run_cli
+from core.files import atomic_folder, write_json
+from dataset.puzzles import arc
+from dataset.puzzles.format import PuzzleSplitWriter
 from dataset.stream import seeded_rng
 
 AUGMENT_RETRIES_FACTOR = 5
@@ -348,80 +346,6 @@ def encode_pairs(pairs: list[Pair], mapping: np.ndarray, rng: np.random.Generato
 # ----------------------------------------------------------------------------- writing
 
 
-class NpyRowWriter:
-    """Append rows to a `.npy` file of known final shape without holding it in memory."""
-
-    def __init__(self, path: Path, num_rows: int, row_len: int, dtype=np.uint8):
-        self.path, self.num_rows, self.row_len, self.dtype = path, num_rows, row_len, np.dtype(dtype)
-        self.rows_written = 0
-        self.file = open(path, "wb", buffering=1 << 22)
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (num_rows, row_len)}
-        np.lib.format.write_array_header_1_0(self.file, header)
-
-    def write(self, rows: np.ndarray) -> None:
-        """Append a (n, row_len) block."""
-        if rows.shape[1:] != (self.row_len,) or self.rows_written + rows.shape[0] > self.num_rows:
-            raise ValueError(f"{self.path.name}: block {rows.shape} does not fit ({self.rows_written}/{self.num_rows} rows written)")
-        self.file.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
-        self.rows_written += rows.shape[0]
-
-    def close(self) -> None:
-        """Close the file; it must hold exactly the announced number of rows."""
-        self.file.close()
-        if self.rows_written != self.num_rows:
-            raise RuntimeError(f"{self.path.name}: wrote {self.rows_written} rows, announced {self.num_rows}")
-
-
-class PuzzleSplitWriter:
-    """Streams one split (set `all`) in the layout of `dataset.common` (uint8 inputs/labels)."""
-
-    def __init__(self, split_dir: Path, num_examples: int, num_puzzles: int, num_groups: int):
-        split_dir.mkdir(parents=True)
-        self.split_dir = split_dir
-        self.inputs = NpyRowWriter(split_dir / "all__inputs.npy", num_examples, arc.SEQ_LEN)
-        self.labels = NpyRowWriter(split_dir / "all__labels.npy", num_examples, arc.SEQ_LEN)
-        self.puzzle_identifiers = np.zeros(num_puzzles, dtype=np.int32)
-        self.puzzle_indices = np.zeros(num_puzzles + 1, dtype=np.int64)
-        self.group_indices = np.zeros(num_groups + 1, dtype=np.int64)
-        self.num_puzzles = self.num_groups = 0
-
-    def add_puzzle(self, identifier: int, inputs: np.ndarray, labels: np.ndarray) -> None:
-        """Append one augmented puzzle's examples to the current group."""
-        self.inputs.write(inputs)
-        self.labels.write(labels)
-        self.puzzle_identifiers[self.num_puzzles] = identifier
-        self.num_puzzles += 1
-        self.puzzle_indices[self.num_puzzles] = self.inputs.rows_written
-
-    def end_group(self) -> None:
-        """Close the group of the current original puzzle."""
-        self.num_groups += 1
-        self.group_indices[self.num_groups] = self.num_puzzles
-
-    def finish(self, num_identifiers: int) -> PuzzleDatasetMetadata:
-        """Close the big arrays, save the index arrays and `dataset.json`."""
-        self.inputs.close()
-        self.labels.close()
-        if self.num_puzzles != len(self.puzzle_identifiers) or self.num_groups != len(self.group_indices) - 1:
-            raise RuntimeError(f"{self.split_dir.name}: puzzle or group count differs from the plan")
-        for name in ("puzzle_identifiers", "puzzle_indices", "group_indices"):
-            np.save(self.split_dir / f"all__{name}.npy", getattr(self, name))
-        metadata = PuzzleDatasetMetadata(
-            pad_id=arc.PAD_ID,
-            ignore_label_id=arc.PAD_ID,  # padding in the labels is not scored
-            blank_identifier_id=0,
-            vocab_size=arc.VOCAB_SIZE,
-            seq_len=arc.SEQ_LEN,
-            num_puzzle_identifiers=num_identifiers,
-            total_groups=self.num_groups,
-            mean_puzzle_examples=self.inputs.num_rows / max(self.num_puzzles, 1),
-            total_puzzles=self.num_puzzles,
-            sets=["all"],
-        )
-        write_json(self.split_dir / "dataset.json", metadata.model_dump())
-        return metadata
-
-
 def split_sizes(puzzles: list[ArcPuzzle], plans: list[list], split: str) -> tuple[int, int, int]:
     """(examples, puzzles, groups) of a split, known before writing."""
     num_examples = num_puzzles = num_groups = 0
@@ -436,22 +360,30 @@ def split_sizes(puzzles: list[ArcPuzzle], plans: list[list], split: str) -> tupl
 
 def write_dataset(output_dir: Path, puzzles: list[ArcPuzzle], plans: list[list], args: argparse.Namespace) -> dict:
     """Write both splits, `identifiers.json` and `test_puzzles.json`; return counts."""
-    writers = {split: PuzzleSplitWriter(output_dir / split, *split_sizes(puzzles, plans, split)) for split in ("train", "test")}
+    writers = {
+        split: PuzzleSplitWriter(output_dir / split, *split_sizes(puzzles, plans, split), seq_len=arc.SEQ_LEN)
+        for split in ("train", "test")
+    }
     names = [arc.BLANK_IDENTIFIER_NAME] * args.puzzle_identifiers_start
     for puzzle, plan in tqdm(list(zip(puzzles, plans)), desc="writing examples", unit="puzzle"):
         translation_rng = seeded_rng(args.seed, puzzle_seed_key(puzzle.puzzle_id), 1)
-        train_pairs, test_pairs = dihedral_pairs(puzzle.train_pairs), dihedral_pairs(puzzle.test_pairs)
-        for k, mapping in plan:
-            identifier = len(names)
-            names.append(arc.augmented_name(puzzle.puzzle_id, k, mapping))
-            if puzzle.train_pairs:
-                writers["train"].add_puzzle(identifier, *encode_pairs(train_pairs[k], mapping, translation_rng))
-            if puzzle.test_pairs:
-                writers["test"].add_puzzle(identifier, *encode_pairs(test_pairs[k], mapping, None))
-        for split, writer in writers.items():
-            if puzzle.train_pairs if split == "train" else puzzle.test_pairs:
-                writer.end_group()
-    metadata = {split: writer.finish(len(names)) for split, writer in writers.items()}
+        identifiers = np.arange(len(names), len(names) + len(plan))
+        names.extend(arc.augmented_name(puzzle.puzzle_id, k, mapping) for k, mapping in plan)
+        for split, pairs, rng in (("train", puzzle.train_pairs, translation_rng), ("test", puzzle.test_pairs, None)):
+            if not pairs:
+                continue
+            transformed = dihedral_pairs(pairs)
+            encoded = [encode_pairs(transformed[k], mapping, rng) for k, mapping in plan]
+            writers[split].add_groups(
+                np.concatenate([inputs for inputs, _ in encoded]), np.concatenate([labels for _, labels in encoded]),
+                identifiers, np.full(len(plan), len(pairs)), [len(plan)],
+            )
+    # Padding in the labels is not scored.
+    metadata = {
+        split: writer.finish(pad_id=arc.PAD_ID, ignore_label_id=arc.PAD_ID, vocab_size=arc.VOCAB_SIZE,
+                             num_puzzle_identifiers=len(names))
+        for split, writer in writers.items()
+    }
     write_json(output_dir / "identifiers.json", names)
     test_puzzles = {puzzle.puzzle_id: puzzle.raw for puzzle in puzzles if puzzle.raw is not None}
     write_json(output_dir / "test_puzzles.json", test_puzzles)
@@ -467,7 +399,7 @@ def build(args: argparse.Namespace) -> dict:
     for puzzle in tqdm(puzzles, desc="planning augmentations", unit="puzzle"):
         plans.append(plan_augmentations(puzzle, args.num_aug, seeded_rng(args.seed, puzzle_seed_key(puzzle.puzzle_id), 0)))
     counts.short_augmentation_puzzles = sum(len(plan) < args.num_aug + 1 for plan in plans)
-    with atomic_output_dir(args.output_dir, args.overwrite) as output_dir:
+    with atomic_folder(args.output_dir, args.overwrite) as output_dir:
         sizes = write_dataset(output_dir, puzzles, plans, args)
     report_build(args, counts, sizes, time.perf_counter() - start)
     return sizes

@@ -21,21 +21,20 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from dataset import maze  # noqa: E402
-from dataset.common import UserError, atomic_output_dir, run_cli, write_json, write_puzzle_split  # noqa: E402
-from dataset.puzzle_dataset import (  # noqa: E402
+from core.errors import UserError, run_cli
+from dataset.puzzles import maze
+from dataset.puzzles.builder import (
+    SingleExampleBuilder,
+    add_common_arguments,
+    build_single_example_dataset,
+    check_common_args,
     generate_parallel,
-    load_csv_or_generated_splits,
     read_puzzle_csv,
-    single_example_split,
 )
 
 VOCAB_SIZE = len(maze.CHARSET) + 1
@@ -45,33 +44,18 @@ NUM_DIHEDRAL = 8
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags (TRM's builder flags plus offline generation)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source-dir", help="folder with Maze-Hard train.csv and test.csv")
-    parser.add_argument("--output-dir", default="data/maze-30x30-hard-1k", help="dataset folder to write")
-    parser.add_argument("--subsample-size", type=int, help="keep this many random train mazes")
+    add_common_arguments(parser, "mazes", default_output="data/maze-30x30-hard-1k")
     parser.add_argument("--aug", action="store_true", help="add the 8 dihedral transforms of each train maze")
-    parser.add_argument("--generate", type=int, help="generate this many train mazes instead of reading CSVs")
-    parser.add_argument("--test-size", type=int, help="test mazes (generated: default 1000; CSV: subsample)")
     parser.add_argument("--size", type=int, default=30, help="side of the square maze")
     parser.add_argument(
         "--min-path-length", type=int, help="generated mazes: fewest steps from S to G (default 110 * size**2 / 900)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of subsampling and generation")
-    parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1, help="generation processes")
-    parser.add_argument("--strict", action="store_true", help="fail on a malformed CSV row instead of skipping it")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return parser.parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse contradictory or out-of-range flags with a one-line fix."""
-    if (args.source_dir is None) == (args.generate is None):
-        raise UserError("give exactly one of --source-dir DIR (CSV files) or --generate N (offline mazes)")
-    if args.source_dir is not None and not Path(args.source_dir).is_dir():
-        raise UserError(f"--source-dir {args.source_dir} is not a folder; point it at the folder with train.csv")
-    for flag in ("subsample_size", "generate", "test_size", "min_path_length"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    check_common_args(args, "mazes", positive=("min_path_length",))
     if args.size < 4:
         raise UserError(f"--size must be at least 4, got {args.size}")
     if args.generate is None and args.min_path_length is not None:
@@ -137,28 +121,23 @@ def with_dihedral(questions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     return tuple(grids.reshape(-1, *grids.shape[2:]) for grids in transforms)
 
 
+def encode_split(args: argparse.Namespace, split: str, questions: np.ndarray, labels: np.ndarray):
+    """Tokens of a split; with --aug each train maze is followed by its 7 other transforms."""
+    copies = NUM_DIHEDRAL if args.aug and split == "train" else 1
+    if copies > 1:
+        questions, labels = with_dihedral(questions, labels)
+    return maze.encode(questions), maze.encode(labels), copies
+
+
+BUILDER = SingleExampleBuilder(noun="mazes", vocab_size=VOCAB_SIZE, read_split_csv=read_split_csv,
+                               generated_split=generated_split, encode_split=encode_split)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Build the dataset folder described by the flags."""
     args = parse_args(argv)
     check_args(args)
-    if Path(args.output_dir).exists() and not args.overwrite:
-        # Checked before the slow part too; atomic_output_dir checks again when writing.
-        raise UserError(f"output folder {args.output_dir} already exists; choose another --output-dir or pass --overwrite")
-    grids = load_csv_or_generated_splits(args, generated_split, read_split_csv)
-    with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as output:
-        for split, (questions, labels) in grids.items():
-            if len(questions) == 0:
-                raise UserError(f"no {split} mazes in the input; check the CSV files")
-            augment = args.aug and split == "train"
-            if augment:
-                questions, labels = with_dihedral(questions, labels)
-            puzzles_per_group = NUM_DIHEDRAL if augment else 1
-            metadata, arrays = single_example_split(
-                maze.encode(questions), maze.encode(labels), puzzles_per_group, VOCAB_SIZE
-            )
-            write_puzzle_split(output / split, metadata, arrays)
-            print(f"{split}: {metadata.total_groups} mazes, {metadata.total_puzzles} with augmentations")
-        write_json(output / "identifiers.json", ["<blank>"])
+    build_single_example_dataset(args, BUILDER)
 
 
 if __name__ == "__main__":

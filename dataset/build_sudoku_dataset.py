@@ -27,61 +27,45 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from dataset import sudoku  # noqa: E402
-from dataset.common import UserError, atomic_output_dir, run_cli, write_json, write_puzzle_split  # noqa: E402
-from dataset.puzzle_dataset import (  # noqa: E402
+from core.errors import UserError, run_cli
+from dataset.puzzles import sudoku
+from dataset.puzzles.builder import (
+    SingleExampleBuilder,
+    add_common_arguments,
+    build_single_example_dataset,
+    check_common_args,
     generate_parallel,
-    load_csv_or_generated_splits,
     read_puzzle_csv,
-    single_example_split,
 )
-from dataset.stream import seeded_rng  # noqa: E402
+from dataset.stream import seeded_rng
 
 VOCAB_SIZE = 11
 QUESTION_CHARS = frozenset(".0123456789")
 ANSWER_CHARS = frozenset("123456789")
 # Second key of seeded_rng(seed, key, ...) for augmentation; the split keys (1, 2, 10, 11)
-# are in dataset.puzzle_dataset, so no two random decisions share draws.
+# are in dataset.puzzles.builder, so no two random decisions share draws.
 AUGMENT_KEY = 3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags (TRM's builder flags plus offline generation)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source-dir", help="folder with Sudoku-Extreme train.csv and test.csv")
-    parser.add_argument("--output-dir", default="data/sudoku-extreme-full", help="dataset folder to write")
-    parser.add_argument("--subsample-size", type=int, help="keep this many random train puzzles")
+    add_common_arguments(parser, "puzzles", default_output="data/sudoku-extreme-full")
     parser.add_argument("--min-difficulty", type=int, help="keep CSV puzzles with rating >= this")
     parser.add_argument("--num-aug", type=int, default=0, help="augmented copies per train puzzle")
-    parser.add_argument("--generate", type=int, help="generate this many train puzzles instead of reading CSVs")
-    parser.add_argument("--test-size", type=int, help="test puzzles (generated: default 1000; CSV: subsample)")
     parser.add_argument("--min-givens", type=int, default=17, help="generated puzzles: fewest givens aimed at")
     parser.add_argument("--max-givens", type=int, default=30, help="generated puzzles: most givens allowed")
-    parser.add_argument("--seed", type=int, default=0, help="seed of subsampling, augmentation and generation")
-    parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1, help="generation processes")
-    parser.add_argument("--strict", action="store_true", help="fail on a malformed CSV row instead of skipping it")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return parser.parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse contradictory or out-of-range flags with a one-line fix."""
-    if (args.source_dir is None) == (args.generate is None):
-        raise UserError("give exactly one of --source-dir DIR (CSV files) or --generate N (offline puzzles)")
-    if args.source_dir is not None and not Path(args.source_dir).is_dir():
-        raise UserError(f"--source-dir {args.source_dir} is not a folder; point it at the folder with train.csv")
-    for flag in ("subsample_size", "generate", "test_size"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    check_common_args(args, "puzzles")
     if args.num_aug < 0:
         raise UserError(f"--num-aug must be >= 0, got {args.num_aug}")
     if args.generate is not None:
@@ -148,26 +132,23 @@ def with_augmentations(puzzles: np.ndarray, solutions: np.ndarray, num_aug: int,
     return np.concatenate(inputs), np.concatenate(labels)
 
 
+def encode_split(args: argparse.Namespace, split: str, puzzles: np.ndarray, solutions: np.ndarray):
+    """Tokens of a split, train puzzles followed by their `--num-aug` copies."""
+    num_aug = args.num_aug if split == "train" else 0
+    inputs, labels = with_augmentations(puzzles, solutions, num_aug, args.seed)
+    # Digits 0..9 become tokens 1..10, so 0 stays free for padding.
+    return inputs.astype(np.int32) + 1, labels.astype(np.int32) + 1, 1 + num_aug
+
+
+BUILDER = SingleExampleBuilder(noun="puzzles", vocab_size=VOCAB_SIZE, read_split_csv=read_split_csv,
+                               generated_split=generated_split, encode_split=encode_split)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Build the dataset folder described by the flags."""
     args = parse_args(argv)
     check_args(args)
-    if Path(args.output_dir).exists() and not args.overwrite:
-        # Checked before the slow part too; atomic_output_dir checks again when writing.
-        raise UserError(f"output folder {args.output_dir} already exists; choose another --output-dir or pass --overwrite")
-    boards = load_csv_or_generated_splits(args, generated_split, read_split_csv)
-    with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as output:
-        for split, (puzzles, solutions) in boards.items():
-            if len(puzzles) == 0:
-                raise UserError(f"no valid {split} puzzles in the input; check {split}.csv (or relax --min-difficulty)")
-            num_aug = args.num_aug if split == "train" else 0
-            inputs, labels = with_augmentations(puzzles, solutions, num_aug, args.seed)
-            # Digits 0..9 become tokens 1..10, so 0 stays free for padding.
-            tokens, label_tokens = inputs.astype(np.int32) + 1, labels.astype(np.int32) + 1
-            metadata, arrays = single_example_split(tokens, label_tokens, 1 + num_aug, VOCAB_SIZE)
-            write_puzzle_split(output / split, metadata, arrays)
-            print(f"{split}: {metadata.total_groups} puzzles, {metadata.total_puzzles} with augmentations")
-        write_json(output / "identifiers.json", ["<blank>"])
+    build_single_example_dataset(args, BUILDER)
 
 
 if __name__ == "__main__":

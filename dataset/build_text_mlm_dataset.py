@@ -35,11 +35,6 @@ The word-level (`whitespace`) vocabulary is deterministic.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import hashlib
 import json
@@ -49,16 +44,20 @@ import warnings
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 
-from dataset import text_corpus
-from dataset.common import IGNORE_LABEL_ID, UserError, atomic_output_dir, run_cli, write_json
-from dataset.mlm_dataset import SPLITS, Masker, MLMDatasetMetadata
+from core.constants import IGNORE_LABEL_ID
+from core.errors import UserError, run_cli
+from core.files import atomic_folder, write_json
 from dataset.stream import seeded_rng
-from dataset.text_corpus import CorpusReader, document_fraction, expand_input_files
+from dataset.text import corpus as text_corpus
+from dataset.text.corpus import CorpusReader, document_fraction, expand_input_files
+from dataset.text.format import SPLITS, MLMDatasetMetadata
+from dataset.text.masking import Masker
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 """Special tokens, in id order for trained vocabularies (ids 0..4)."""
@@ -628,9 +627,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         for option, value in (("--vocab-size", args.vocab_size), ("--lowercase", args.lowercase)):
             if value is not None:
-                warnings.warn(f"{option} has no effect with --tokenizer {args.tokenizer} (its vocabulary is reused)")
+                warnings.warn(f"{option} has no effect with --tokenizer {args.tokenizer} (its vocabulary is reused)", stacklevel=2)
         choice = load_tokenizer(args.tokenizer)
-    with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as folder:
+    with atomic_folder(args.output_dir, overwrite=args.overwrite) as folder:
         build(args, files, choice, folder)
 
 

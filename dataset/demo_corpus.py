@@ -13,19 +13,15 @@ the same Python version. It is meant for demos and smoke runs, not for a useful 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import ast
 import inspect
 import os
 import sysconfig
 from collections.abc import Iterator
+from pathlib import Path
 
-from dataset.common import UserError, run_cli
+from core.errors import UserError, run_cli
 
 SKIPPED_FOLDERS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
 """Folders not visited: installed third-party packages and test suites (test data there

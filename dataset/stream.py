@@ -1,5 +1,9 @@
 """The contract between datasets and the training loop.
 
+A data kind (`DataKind`, registered in `dataset.kinds`) is one family of on-disk
+datasets: how to read its metadata, its training stream, its evaluation batches, the
+`data:` options a run may set for it, and the evaluators its data calls for.
+
 Training data is one endless, deterministic stream of examples (epoch after epoch, each
 epoch a fresh seeded permutation) cut into consecutive global batches. Every rank builds
 the same global batch and keeps its own slice (`rank * local : (rank + 1) * local`), so
@@ -11,10 +15,12 @@ Batches are dicts of numpy arrays, batch-first; the loop moves them to the devic
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
+from pydantic import BaseModel
 
 Batch = dict[str, np.ndarray]
 
@@ -42,15 +48,23 @@ Every rank yields the same number of batches of the same shape; the last global 
 padded with rows that carry no label, so evaluators and metrics skip them."""
 
 
-def rank_slice(global_batch: Batch, rank: int, world_size: int) -> Batch:
-    """This rank's contiguous slice of every array of a global batch."""
-    size = next(iter(global_batch.values())).shape[0]
-    if size % world_size:
-        raise ValueError(f"global batch of {size} does not split over {world_size} ranks")
-    local = size // world_size
-    return {key: value[rank * local : (rank + 1) * local] for key, value in global_batch.items()}
-
-
 def seeded_rng(*keys: int) -> np.random.Generator:
     """A numpy generator determined by integer keys (seed, epoch, position, ...)."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(k) for k in keys])))
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """How the training engine reads one family of on-disk datasets."""
+
+    name: str
+    options_class: type[BaseModel]
+    """Pydantic model of the run's `data:` section for this kind (unknown keys refused)."""
+    load_metadata: Callable[[list[str]], Any]
+    """Training-split metadata of the dataset folders (it sizes the model)."""
+    train_stream: Callable[[list[str], Any, int, int, int, int], TrainStream]
+    """(paths, options, seed, global_batch_size, rank, world_size) -> this rank's stream."""
+    eval_batches: Callable[[list[str], Any, int, int, int, int], EvalBatches]
+    """(paths, options, seed, global_batch_size, rank, world_size) -> the test split once."""
+    default_evaluators: Callable[[list[str]], list[dict[str, Any]]]
+    """Evaluator specs a run on these folders gets when it names none."""

@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dataset import arc
-from dataset.common import UserError
+from core.errors import UserError
+from dataset.puzzles import arc
 
 FALLBACK_GRID = [[0]]
 """Submitted when a test input has fewer ranked predictions than attempts."""

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ValidationError
 
-from dataset.common import UserError
+from core.errors import UserError
 from evaluators.arc import ARCEvaluator, ARCEvaluatorConfig
 from evaluators.base import Evaluator
 

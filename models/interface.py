@@ -1,8 +1,11 @@
 """The contract between a model and the training loop.
 
-Every architecture in `models.registry` builds a `TrainModule`: an `nn.Module` that holds
-the network *and* its loss head, and runs one step of work on a batch. The loop in
-`utils.train_loop` knows nothing else about the model.
+An architecture is a plugin: a package `models/<name>/` whose `__init__.py` exports what
+`ArchPlugin` lists (its config class, its builder, the data kind it reads, its optimiser
+parameter groups, the name of its main loss, how to count a batch), and one line in
+`models.registry`. The builder returns a `TrainModule`: an `nn.Module` that holds the
+network *and* its loss head, and runs one step of work on a batch. The training engine
+(`training/`) knows nothing else about the model.
 
 A step may be stateful: TRM carries latents and halting counters across optimiser steps
 ("continuous batching"), BERT carries nothing. State travels in a `Carry`, a flat dict of
@@ -17,9 +20,13 @@ do not depend on how many processes share it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+import numpy as np
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 Carry = dict[str, torch.Tensor]
@@ -61,3 +68,55 @@ class TrainModule(nn.Module):
     def derived_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Extra evaluation metrics computed from the averaged ones (e.g. perplexity)."""
         return {}
+
+
+class DatasetShape(Protocol):
+    """What a builder may read of a dataset's metadata (each data kind has more fields)."""
+
+    vocab_size: int
+    seq_len: int
+
+
+@dataclass
+class ParamGroups:
+    """How an architecture's parameters are optimised."""
+
+    dense: list[dict[str, Any]]
+    """torch.optim parameter groups (`params`, `weight_decay`) of the weights optimiser."""
+    sparse_tables: list[nn.Module] = field(default_factory=list)
+    """Embedding tables updated row by row with sign-SGD (TRM's puzzle embeddings); they
+    expose `last_ids` and `last_rows` after a forward."""
+
+
+def decay_groups(model: nn.Module, weight_decay: float, exclude: tuple[nn.Module, ...] = ()) -> list[dict[str, Any]]:
+    """Weight decay on matrices, none on biases, norms and other 1-d tensors."""
+    excluded = {id(param) for module in exclude for param in module.parameters()}
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad and id(param) not in excluded:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass(frozen=True)
+class ArchPlugin:
+    """Everything the engine needs to know about one architecture (`models/<name>/__init__.py`)."""
+
+    name: str
+    """The `arch.name` it answers to."""
+    config_class: type[BaseModel]
+    """Pydantic model of the `arch:` section (unknown keys refused)."""
+    build: Callable[[Any, Any], TrainModule]
+    """(validated arch config, training-split metadata) -> the model, on the CPU."""
+    data_kind: str
+    """Name of the data kind it reads (`dataset.kinds`)."""
+    param_groups: Callable[[TrainModule, float], ParamGroups]
+    """(model, weight_decay) -> its parameter groups, sparse tables included."""
+    main_loss: str
+    """The loss term the progress bar shows (a key of `StepOutput.losses`)."""
+    count_batch: Callable[[dict[str, np.ndarray]], dict[str, int]]
+    """A host batch -> {"examples": rows, "tokens": real tokens (0 when not meaningful)}."""
+    hf_config: Callable[[str, Any], Any] | None = None
+    """(HF folder, arch config) -> arch config sized like the HF model (`+init_from_hf`)."""
+    hf_load: Callable[[TrainModule, str], Any] | None = None
+    """(model, HF folder) -> loads the HF weights into the model; returns a report."""

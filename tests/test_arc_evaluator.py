@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dataset import arc
-from dataset.common import UserError
+from core.errors import UserError
+from dataset.puzzles import arc
 from evaluators import arc as arc_evaluator
 from evaluators.arc import ARCEvaluator, ARCEvaluatorConfig
 from evaluators.registry import build_evaluators

@@ -22,15 +22,15 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import UserError, run_cli
 from dataset import build_arc_dataset, build_sudoku_dataset, build_text_mlm_dataset
-from dataset.common import UserError, run_cli
 from pretrain import launch
 from tests.helpers import REPO, TINY_BERT, TINY_TRM, compose_config, make_mlm_dataset, make_puzzle_dataset
-from utils import checkpoint as checkpoint_module
-from utils.checkpoint import find_latest, load_checkpoint
-from utils.config import PretrainConfig, check_overrides, validate
-from utils.distributed import DistContext
-from utils.run_setup import setup
+from training import checkpoint as checkpoint_module
+from training.build import setup
+from training.checkpoint import find_latest, load_checkpoint
+from training.config import PretrainConfig, check_overrides, validate
+from training.distributed import DistContext
 
 SOLUTION = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
 """A valid Sudoku grid; the puzzle below blanks its last two cells."""
@@ -280,10 +280,12 @@ def test_pretrain_bad_input(case, runs, tmp_path):
 @pytest.mark.parametrize("overrides, expected", [
     (["arch=foo"], "unknown arch 'foo'; choose one of: bert, bert_large, bert_tiny, trm"),
     (["lrr=1"], "unknown config key 'lrr'; check the spelling (known keys are in config/*.yaml); did you mean 'lr'?"),
-    (["arch=bert_tiny", "arch.masking.mask_pro=0.1"], "unknown config key 'arch.masking.mask_pro'; check the spelling "
-     "(known keys are in config/*.yaml); did you mean 'arch.masking.mask_prob'?"),
+    (["arch=bert_tiny", "data.masking.mask_pro=0.1"], "unknown config key 'data.masking.mask_pro'; check the spelling "
+     "(known keys are in config/*.yaml); did you mean 'data.masking.mask_prob'?"),
+    (["arch=bert_tiny", "arch.masking.mask_prob=0.1"], "'arch.masking' is now 'data.masking' (data settings live "
+     "with the data): write data.masking.mask_prob=..."),
     (["lr=["], "cannot parse override 'lr=[' (no viable alternative at input '['); write overrides as key=value"),
-], ids=["unknown-arch", "misspelled-key", "misspelled-nested-key", "unparsable-override"])
+], ids=["unknown-arch", "misspelled-key", "misspelled-nested-key", "moved-key", "unparsable-override"])
 def test_hydra_override_errors(overrides, expected):
     with pytest.raises(UserError) as error:
         check_overrides(overrides)

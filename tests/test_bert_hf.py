@@ -14,7 +14,7 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
-from dataset.common import UserError
+from core.errors import UserError
 from models.bert.hf import config_from_hf, load_hf_weights
 from models.bert.model import Bert
 from tests.helpers import tiny_bert_config as tiny_config

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from dataset.common import IGNORE_LABEL_ID, UserError
+from core.constants import IGNORE_LABEL_ID
+from core.errors import UserError
 from models.bert.config import BertLossConfig
 from models.bert.model import Bert, build_bert
 from tests.helpers import tiny_bert_config as tiny_config

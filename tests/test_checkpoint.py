@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from dataset.common import UserError
-from utils import checkpoint as ckpt
+from core.errors import UserError
+from training import checkpoint as ckpt
 
 
 def _checkpoint(step: int, value: float = 1.0) -> ckpt.Checkpoint:

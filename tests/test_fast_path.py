@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.common import IGNORE_LABEL_ID
-from dataset.mlm_dataset import MaskingConfig, MLMTrainStream
+from core.constants import IGNORE_LABEL_ID
+from dataset.text.loader import MLMTrainStream
+from dataset.text.masking import MaskingConfig
 from models.bert.config import BertConfig, BertLossConfig
 from models.bert.model import Bert
 from tests.test_mlm_dataset import PAD, write_dataset
-from utils.optim import AdamAtan2
-from utils.prefetch import PlainBatches, Prefetcher, device_batches
+from training.optim import AdamAtan2
+from training.prefetch import PlainBatches, Prefetcher, device_batches
 
 VOCAB_SIZE = 50
 

@@ -26,13 +26,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dataset.common import UserError
+from core.errors import UserError
 from models.trm.model import TRM
 from pretrain import launch
 from tests.helpers import REPO, TINY_BERT, TINY_TRM, compose_config, make_mlm_dataset, make_puzzle_dataset
-from utils import train_loop
-from utils.checkpoint import list_checkpoints, load_checkpoint
-from utils.metrics_logger import read_metrics
+from training import loop as train_loop
+from training.checkpoint import list_checkpoints, load_checkpoint
+from training.metrics import read_metrics
 
 COMPARED_STEPS = 24
 """The resumed and the uninterrupted runs both stop here (`max_steps`); the killed run

@@ -20,8 +20,6 @@ from models.layers import (
 )
 from models.losses import softmax_cross_entropy, stablemax_cross_entropy
 
-
-
 # ---- initialisation -------------------------------------------------------------------
 
 

@@ -9,8 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from dataset import build_maze_dataset, maze
-from tests.helpers import load_puzzle_arrays as load, run_builder
+from dataset import build_maze_dataset
+from dataset.puzzles import maze
+from tests.helpers import load_puzzle_arrays as load
+from tests.helpers import run_builder
 
 build = functools.partial(run_builder, build_maze_dataset.main)
 

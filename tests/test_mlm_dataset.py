@@ -14,16 +14,12 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from dataset.common import IGNORE_LABEL_ID, UserError
-from dataset.mlm_dataset import (
-    Masker,
-    MaskingConfig,
-    MLMTrainStream,
-    continuation_table,
-    iter_mlm_eval_batches,
-    load_mlm_metadata,
-)
+from core.constants import IGNORE_LABEL_ID
+from core.errors import ConfigError, UserError
 from dataset.stream import seeded_rng
+from dataset.text.format import load_mlm_metadata
+from dataset.text.loader import MLMTrainStream, iter_mlm_eval_batches
+from dataset.text.masking import Masker, MaskingConfig, continuation_table
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 SPECIAL = [PAD, UNK, CLS, SEP, MASK]
@@ -326,8 +322,12 @@ def test_stream_whole_word_masking(tmp_path):
 
 def test_static_masking_uses_the_stored_masks(tmp_path):
     write_dataset(tmp_path, 7, 0, static=True)
-    with pytest.warns(UserWarning, match="static-masking"):
+    # An override the stored masks cannot honour is refused, not silently ignored.
+    with pytest.raises(ConfigError, match="built with --static-masking"):
         make_stream(tmp_path, masking=MaskingConfig(mask_prob=0.3))
+    with pytest.raises(ConfigError, match="whole_word"):
+        make_stream(tmp_path, masking=MaskingConfig(whole_word=True))
+    make_stream(tmp_path, masking=MaskingConfig(mask_prob=0.15))  # the dataset's own rate agrees
     batch = make_stream(tmp_path, batch=7).next_batch()
     stored_masked = np.load(tmp_path / "train" / "shard_00000.masked.npy").astype(np.int64)
     stored_labels = np.load(tmp_path / "train" / "shard_00000.labels.npy").astype(np.int64)

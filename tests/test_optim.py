@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from utils.ema import EMA
-from utils.optim import AdamAtan2, SparseSignSGD, learning_rate, split_decay_groups
+from models.interface import decay_groups
+from training.ema import EMA
+from training.optim import AdamAtan2, SparseSignSGD, learning_rate
 
 
 def test_adam_atan2_matches_hand_computation():
@@ -97,7 +98,7 @@ def test_constant_after_warmup_with_min_ratio_one():
 
 def test_decay_groups_exclude_vectors():
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
-    decay, no_decay = split_decay_groups(model, 0.01)
+    decay, no_decay = decay_groups(model, 0.01)
     assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])]
     assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
 

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from dataset.common import PuzzleDatasetMetadata, UserError, write_puzzle_split
-from dataset.puzzle_dataset import PuzzleTrainStream, iter_puzzle_eval_batches, load_puzzle_metadata
+from core.errors import UserError
+from dataset.puzzles.format import PuzzleSplitWriter
+from dataset.puzzles.loader import PuzzleTrainStream, iter_puzzle_eval_batches, load_puzzle_metadata
 from dataset.stream import seeded_rng
 
 SEQ_LEN = 4
@@ -25,26 +26,10 @@ def write_split(split_dir, groups: list[list[int]], num_identifiers: int = 1, se
     inputs = np.repeat(np.arange(num_examples)[:, None] + 1, seq_len, axis=1)
     labels = inputs.copy()
     labels[:, 1] = 0
-    arrays = {
-        "inputs": inputs,
-        "labels": labels,
-        "puzzle_identifiers": np.arange(len(examples_per_puzzle)) % num_identifiers,
-        "puzzle_indices": np.concatenate([[0], np.cumsum(examples_per_puzzle)]),
-        "group_indices": np.concatenate([[0], np.cumsum([len(group) for group in groups])]),
-    }
-    metadata = PuzzleDatasetMetadata(
-        pad_id=0,
-        ignore_label_id=0,
-        blank_identifier_id=0,
-        vocab_size=1000,
-        seq_len=seq_len,
-        num_puzzle_identifiers=num_identifiers,
-        total_groups=len(groups),
-        mean_puzzle_examples=num_examples / len(examples_per_puzzle),
-        total_puzzles=len(examples_per_puzzle),
-        sets=["all"],
-    )
-    write_puzzle_split(split_dir, metadata, {"all": arrays})
+    writer = PuzzleSplitWriter(split_dir, num_examples, len(examples_per_puzzle), len(groups), seq_len, np.int32)
+    writer.add_groups(inputs, labels, np.arange(len(examples_per_puzzle)) % num_identifiers, examples_per_puzzle,
+                      [len(group) for group in groups])
+    writer.finish(pad_id=0, ignore_label_id=0, vocab_size=1000, num_puzzle_identifiers=num_identifiers)
 
 
 def make_dataset(root, train_groups, test_groups=((1,),), **kwargs) -> str:

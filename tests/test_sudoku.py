@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset import build_sudoku_dataset, sudoku
+from dataset import build_sudoku_dataset
+from dataset.puzzles import sudoku
 from dataset.stream import seeded_rng
-from tests.helpers import load_puzzle_arrays as load, run_builder
+from tests.helpers import load_puzzle_arrays as load
+from tests.helpers import run_builder
 
 build = functools.partial(run_builder, build_sudoku_dataset.main)
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from core.constants import IGNORE_LABEL_ID
+from core.errors import UserError, run_cli
 from dataset import build_text_mlm_dataset
 from dataset.build_text_mlm_dataset import main, pack_lines
-from dataset.common import IGNORE_LABEL_ID, UserError, run_cli
 from dataset.demo_corpus import module_paragraphs, write_demo_corpus
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import pytest
 
 from pretrain import launch
 from tests.helpers import REPO, TINY_TRM, compose_config, make_puzzle_dataset
-from utils.checkpoint import find_latest, list_checkpoints
-from utils.metrics_logger import read_metrics
+from training.checkpoint import find_latest, list_checkpoints
+from training.metrics import read_metrics
 
 
 def _train(data, run_dir, *extra):

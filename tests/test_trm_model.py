@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from dataset.common import PuzzleDatasetMetadata
+from dataset.puzzles.format import PuzzleDatasetMetadata
 from models.losses import softmax_cross_entropy, stablemax_cross_entropy
-from models.trm.config import TRMConfig, build_trm
+from models.trm import TRMConfig, build_trm
 from models.trm.model import TRM
 
 VOCAB, SEQ_LEN, NUM_PUZZLES = 6, 8, 5

@@ -14,18 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
 
-from pydantic import ValidationError  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
-
-from dataset.common import UserError, atomic_output_dir, run_cli, write_json  # noqa: E402
-from models.bert.config import BertConfig  # noqa: E402
-from models.bert.hf import hf_config_dict, to_hf_state_dict  # noqa: E402
-from utils.checkpoint import resolve_checkpoint  # noqa: E402
+from core.errors import UserError, run_cli
+from core.files import atomic_folder, write_json
+from models.bert.config import BertConfig
+from models.bert.hf import hf_config_dict, to_hf_state_dict
+from training.checkpoint import resolve_checkpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 """Files copied from the checkpoint's `tokenizer/` folder when present."""
@@ -104,7 +102,7 @@ def export(checkpoint: Path, output_dir: Path, weights: str | None = None, overw
     with_nsp = config.loss.use_nsp
     hf_state = to_hf_state_dict(load_file(weights_file(checkpoint, weights)), config, vocab_size, with_nsp)
     architecture = "BertForPreTraining" if with_nsp else "BertForMaskedLM"
-    with atomic_output_dir(output_dir, overwrite=overwrite) as folder:
+    with atomic_folder(output_dir, overwrite=overwrite) as folder:
         write_json(folder / "config.json", hf_config_dict(config, vocab_size, dataset["pad_id"], [architecture]))
         save_file(hf_state, folder / "model.safetensors", metadata={"format": "pt"})
         copy_tokenizer(checkpoint, folder)

@@ -10,13 +10,10 @@ panel per metric. Needs matplotlib (`pip install matplotlib`).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dataset.common import UserError, run_cli  # noqa: E402
-from utils.metrics_logger import read_metrics  # noqa: E402
+from core.errors import UserError, run_cli
+from training.metrics import read_metrics
 
 
 def default_metrics(records: list[dict]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Typed configuration of BERT (`arch=bert`): sizes, dropout, loss and masking.
+"""Typed configuration of BERT (`arch=bert`): sizes, dropout and loss.
 
 The defaults are BERT-Base as in Devlin et al. (2018). Derived sizes (`intermediate_size`,
 `head_dim`, the padded vocabulary) are computed here once, so the model and the Hugging
@@ -11,8 +11,6 @@ import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from dataset.mlm_dataset import MaskingConfig
 
 
 class BertLossConfig(BaseModel):
@@ -67,13 +65,8 @@ class BertConfig(BaseModel):
     """Run the embeddings, dense layers and feed-forward only on the real (non-padding)
     tokens, gathered to (N, H); attention still runs on the padded layout. Same results
     as the padded model (up to float rounding), less compute when batches hold padding."""
-    trim_padding_to_multiple: int | None = 8
-    """Training batches drop their trailing all-padding columns (decided on the global
-    batch), keeping a multiple of this many; None always serves the full sequence length."""
     forward_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     """Compute dtype under autocast on accelerators (the loop applies it; CPU runs float32)."""
-    masking: MaskingConfig = Field(default_factory=MaskingConfig)
-    """How the training stream chooses the positions to predict."""
 
     @model_validator(mode="after")
     def _check_sizes(self) -> BertConfig:
@@ -84,7 +77,6 @@ class BertConfig(BaseModel):
             "max_position_embeddings": self.max_position_embeddings,
             "type_vocab_size": self.type_vocab_size,
             "pad_vocab_to_multiple": self.pad_vocab_to_multiple,
-            "trim_padding_to_multiple": self.trim_padding_to_multiple or 1,
         }
         for key, value in positive.items():
             if value <= 0:

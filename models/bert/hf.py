@@ -23,7 +23,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from dataset.common import UserError
+from core.errors import UserError
 from models.bert.config import BertConfig
 from models.bert.model import Bert
 

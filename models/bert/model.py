@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from dataset.common import IGNORE_LABEL_ID, UserError
+from core.constants import IGNORE_LABEL_ID
+from core.errors import UserError
 from models.interface import Carry, StepOutput, SumAndCount, TrainModule
 
 if TYPE_CHECKING:

@@ -11,12 +11,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# The builder lives beside the model and is re-exported here; model.py imports this
-# module only for type hints, so there is no import cycle.
-from models.trm.model import build_trm
-
-__all__ = ["TRMConfig", "TRMLossConfig", "build_trm"]
-
 
 class TRMLossConfig(BaseModel):
     """Loss head of TRM: deep supervision with adaptive halting (ACT)."""

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataset.common import IGNORE_LABEL_ID, PuzzleDatasetMetadata
-from models.interface import Carry, StepOutput, SumAndCount, TrainModule
+from core.constants import IGNORE_LABEL_ID
+from models.interface import Carry, DatasetShape, StepOutput, SumAndCount, TrainModule
 from models.layers import (
     Attention,
     RotaryEmbedding,
@@ -38,6 +38,7 @@ from models.layers import (
 from models.losses import softmax_cross_entropy, stablemax_cross_entropy
 
 if TYPE_CHECKING:
+    # Type hints only: config.py imports nothing from here either, so there is no cycle.
     from models.trm.config import TRMConfig
 
 DATA_KEYS = ("inputs", "labels", "puzzle_identifiers")
@@ -285,7 +286,7 @@ class TRM(TrainModule):
         return losses, metrics, preds
 
 
-def build_trm(config: TRMConfig, metadata: PuzzleDatasetMetadata) -> TRM:
+def build_trm(config: TRMConfig, metadata: DatasetShape) -> TRM:
     """Build a `TRM` sized for a puzzle dataset (vocabulary, length, number of puzzles)."""
     return TRM(
         config,

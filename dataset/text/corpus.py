@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.common import UserError
+from core.errors import UserError
 
 MAX_DOCUMENT_LINES = 50_000
 """A longer run of lines without a blank line is cut into several documents, so that

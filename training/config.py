@@ -19,11 +19,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from dataset.common import UserError
-
-
-class ConfigError(UserError):
-    """A bad configuration value; the message names the key and the fix."""
+from core.errors import ConfigError
 
 
 class PretrainConfig(BaseModel):
@@ -33,12 +29,16 @@ class PretrainConfig(BaseModel):
 
     arch: dict[str, Any]
     """The architecture section; validated by the architecture's own config class."""
-    data_paths: list[str]
-    """Training dataset folders (several are concatenated)."""
+    data_paths: list[str] | None = None
+    """Training dataset folders (several are concatenated); required."""
     data_paths_test: list[str] = []
     """Evaluation dataset folders; empty means the test split of `data_paths`."""
-    evaluators: list[dict[str, Any]] = []
-    """Extra evaluators, e.g. `[{name: arc}]`."""
+    data: dict[str, Any] = {}
+    """Options of the data kind the arch reads (e.g. `data.masking.mask_prob` for MLM
+    data); validated by that kind's options class."""
+    evaluators: list[dict[str, Any]] | None = None
+    """Evaluators, e.g. `[{name: arc}]`; None (the default) takes what the data calls for:
+    ARC voting for ARC datasets, nothing otherwise. `[]` runs none."""
 
     global_batch_size: int
     """Examples per optimiser step, summed over all ranks."""
@@ -124,7 +124,7 @@ class PretrainConfig(BaseModel):
                     f"epochs ({self.epochs}) must be a multiple of eval_interval ({self.eval_interval}); "
                     "change one of them"
                 )
-        if not self.data_paths:
+        if self.data_paths is not None and not self.data_paths:
             raise ValueError("data_paths is empty; pass data_paths=\"[path/to/dataset]\"")
         if self.eval_only and not self.load_checkpoint:
             raise ValueError("eval_only=true needs +load_checkpoint=PATH")
@@ -164,6 +164,9 @@ def validate(model_class: type[BaseModel], values: dict[str, Any], prefix: str =
         raise ConfigError(message) from None
 
 
+MOVED_KEYS = {"arch.masking": "data.masking", "arch.trim_padding_to_multiple": "data.trim_padding_to_multiple"}
+"""Keys that moved to another section: old prefix -> new prefix."""
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 """Where Hydra finds `cfg_pretrain.yaml` and the `arch/` group."""
 
@@ -192,6 +195,10 @@ def check_overrides(overrides: list[str], config_name: str = "cfg_pretrain") -> 
         if match is None or "not in struct" not in str(error.__cause__):
             raise ConfigError(str(error).splitlines()[0]) from None
         key = match.group(1)
+        for old, new in MOVED_KEYS.items():
+            if key == old or key.startswith(old + "."):
+                raise ConfigError(f"'{old}' is now '{new}' (data settings live with the data): "
+                                  f"write {new + key[len(old):]}=...") from None
         groups = {path.name for path in CONFIG_DIR.iterdir() if path.is_dir()}
         hint = _close_key(key, [o for o in overrides if o.split("=")[0] in groups], config_name)
         raise ConfigError(f"unknown config key '{key}'; check the spelling (known keys are in config/*.yaml){hint}") from None

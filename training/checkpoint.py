@@ -1,4 +1,8 @@
-"""Complete, atomic checkpoints: `<run_dir>/step_<N>/`.
+"""Complete, atomic checkpoints: `<run_dir>/step_<N>/`, and how a run's state goes in and out.
+
+`save(state, ctx)` and `restore(state, ctx, path)` sit side by side with each stateful
+part's pair (model, optimisers, EMA, carry, RNG, step and data position), so what is
+saved and what is restored can be read together.
 
 A checkpoint holds everything needed to continue a run exactly:
 
@@ -24,10 +28,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 import pickle
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dataset.common import UserError
+from core.batching import rank_rows
+from core.errors import UserError
+from core.files import atomic_folder, write_json
+from training import distributed
+from training.ema import EMA
+from training.state import RunContext, TrainState
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -67,18 +76,15 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint, extra_paths: list[Pat
     # Left by a run that was killed mid-save or mid-replace; never picked up, so drop them.
     for stale in [*run_dir.glob(".step_*.partial-*"), *run_dir.glob(".step_*.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
-    partial = run_dir / f".step_{step}.partial-{os.getpid()}"
-    partial.mkdir()
     try:
-        _write_files(partial, checkpoint, extra_paths)
-    except BaseException as error:
-        shutil.rmtree(partial, ignore_errors=True)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            previous = find_latest(run_dir)
-            hint = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-            raise UserError(f"disk full while saving checkpoint step_{step} in {run_dir}; {hint}; free space and resume") from None
-        raise
-    _replace_dir(partial, final)
+        with atomic_folder(final, overwrite=True, tag="partial", durable=True) as partial:
+            _write_files(partial, checkpoint, extra_paths)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        previous = find_latest(run_dir)
+        hint = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        raise UserError(f"disk full while saving checkpoint step_{step} in {run_dir}; {hint}; free space and resume") from None
     return final
 
 
@@ -89,8 +95,8 @@ def _write_files(folder: Path, checkpoint: Checkpoint, extra_paths: list[Path]) 
     torch.save(checkpoint.optimizers, folder / "optimizer.pt")
     save_file(_contiguous(checkpoint.carry), folder / "carry.safetensors")
     save_file(_contiguous(checkpoint.rng), folder / "rng.safetensors")
-    _write_json(folder / "train_state.json", checkpoint.train_state)
-    _write_json(folder / "config.json", checkpoint.config)
+    write_json(folder / "train_state.json", checkpoint.train_state)
+    write_json(folder / "config.json", checkpoint.config)
     for source in extra_paths:
         if source.is_dir():
             shutil.copytree(source, folder / source.name)
@@ -100,20 +106,11 @@ def _write_files(folder: Path, checkpoint: Checkpoint, extra_paths: list[Path]) 
         str(path.relative_to(folder)): {"size": path.stat().st_size, "sha256": _sha256(path)}
         for path in sorted(folder.rglob("*")) if path.is_file()
     }
-    _write_json(folder / "manifest.json", manifest)
-    for path in folder.rglob("*"):
-        if path.is_file():
-            _fsync(path)
-    _fsync(folder)
+    write_json(folder / "manifest.json", manifest)
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
-
-
-def _write_json(path: Path, value: Any) -> None:
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2)
 
 
 def _sha256(path: Path) -> str:
@@ -122,25 +119,6 @@ def _sha256(path: Path) -> str:
         while chunk := file.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _replace_dir(source: Path, target: Path) -> None:
-    if target.exists():
-        trash = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(trash)
-        source.rename(target)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        source.rename(target)
-    _fsync(target.parent)
 
 
 def _read_manifest(folder: Path) -> dict[str, dict[str, Any]] | None:
@@ -228,3 +206,136 @@ def load_checkpoint(folder: Path) -> Checkpoint:
         )
     except (SafetensorError, RuntimeError, pickle.UnpicklingError, json.JSONDecodeError, UnicodeDecodeError, EOFError) as error:
         raise UserError(f"checkpoint {folder} cannot be read ({type(error).__name__}); resume from an earlier one") from None
+
+
+# ------------------------------------------------------------- a run's state in and out
+
+
+def save(state: TrainState, ctx: RunContext) -> Path | None:
+    """Write a checkpoint of the current step (a collective; rank 0 writes)."""
+    carry = gather_carry(state.carry)
+    rng = rng_states(ctx)
+    path = None
+    if ctx.dist.is_main:
+        checkpoint = Checkpoint(
+            path=ctx.run_dir, model=state.model.state_dict(), ema=state.ema.state_dict() if state.ema else None,
+            optimizers=optimizer_states(state), carry=carry, rng=rng, config=ctx.resolved_config(),
+            train_state=train_counters(state, ctx),
+        )
+        path = save_checkpoint(ctx.run_dir, checkpoint, _dataset_files(ctx.config.data_paths[0]))
+    distributed.barrier()
+    return path
+
+
+def restore(state: TrainState, ctx: RunContext, path: Path) -> None:
+    """Load a checkpoint into `state`: weights, optimiser, EMA, carry, data position, RNG."""
+    checkpoint = load_checkpoint(path)
+    saved_arch = checkpoint.train_state.get("arch")
+    if saved_arch != ctx.arch_config.name:
+        raise UserError(f"checkpoint {path} was written by arch={saved_arch}, not arch={ctx.arch_config.name}; "
+                        f"use arch={saved_arch} or another checkpoint")
+    load_model_state(state, ctx, checkpoint.model, path)
+    load_optimizer_states(state, checkpoint.optimizers)
+    load_ema_state(state, ctx, checkpoint.ema)
+    load_carry(state, ctx, checkpoint.carry)
+    load_train_counters(state, checkpoint.train_state)
+    load_rng_states(ctx, checkpoint.rng)
+
+
+def _dataset_files(data_path: str) -> list[Path]:
+    """Dataset files a checkpoint keeps a copy of (metadata and tokenizer), when present."""
+    root = Path(data_path)
+    return [path for path in (root / "dataset.json", root / "tokenizer") if path.exists()]
+
+
+def load_model_state(state: TrainState, ctx: RunContext, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """The weights and persistent buffers (saved as `state.model.state_dict()`)."""
+    try:
+        state.model.load_state_dict({name: tensor.to(ctx.dist.device) for name, tensor in tensors.items()})
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1].strip()
+        raise UserError(f"checkpoint {path} does not fit this model ({first}); "
+                        "use the arch.* settings of the run that wrote it") from None
+
+
+def optimizer_states(state: TrainState) -> dict[str, Any]:
+    """The weights optimiser's state (the sparse sign-SGD is stateless)."""
+    return {"weights": state.optimizer.state_dict()} if state.optimizer is not None else {}
+
+
+def load_optimizer_states(state: TrainState, saved: dict[str, Any]) -> None:
+    """Counterpart of `optimizer_states`."""
+    if state.optimizer is not None and "weights" in saved:
+        state.optimizer.load_state_dict(saved["weights"])
+
+
+def load_ema_state(state: TrainState, ctx: RunContext, saved: dict[str, torch.Tensor] | None) -> None:
+    """The EMA weights (saved as `state.ema.state_dict()`); a run that turns EMA on starts it here."""
+    if state.ema is None:
+        return
+    if saved is None:
+        state.ema = EMA(state.model, ctx.config.ema_rate)
+    else:
+        state.ema.load_state_dict({name: tensor.to(ctx.dist.device) for name, tensor in saved.items()})
+
+
+def gather_carry(carry: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """Every rank's carry concatenated along the batch (a collective)."""
+    if not carry:
+        return {}
+    gathered = {}
+    for name in sorted(carry):
+        tensor = carry[name]
+        as_bytes = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor
+        full = distributed.all_gather_batch_first(as_bytes)
+        gathered[name] = full.to(torch.bool) if tensor.dtype == torch.bool else full
+    return gathered
+
+
+def load_carry(state: TrainState, ctx: RunContext, saved: dict[str, torch.Tensor]) -> None:
+    """This rank's part of a saved global carry, unless the global batch size changed."""
+    if not saved:
+        return
+    saved_batch = next(iter(saved.values())).shape[0]
+    if saved_batch != ctx.config.global_batch_size:
+        if ctx.dist.is_main:
+            print(f"note: global_batch_size changed ({saved_batch} -> {ctx.config.global_batch_size}); "
+                  "every slot starts a fresh example")
+        return
+    start, stop = rank_rows(ctx.config.global_batch_size, ctx.dist.rank, ctx.dist.world_size)
+    state.carry = {name: tensor[start:stop].to(ctx.dist.device) for name, tensor in saved.items()}
+
+
+def train_counters(state: TrainState, ctx: RunContext) -> dict[str, Any]:
+    """Step, data position and counters (`train_state.json`)."""
+    return {
+        "step": state.step, "total_steps": state.total_steps, "stream": state.stream_state,
+        "nonfinite_total": state.nonfinite_total, "world_size": ctx.dist.world_size, "time": time.time(),
+        "arch": ctx.arch_config.name,
+    }
+
+
+def load_train_counters(state: TrainState, saved: dict[str, Any]) -> None:
+    """Counterpart of `train_counters`: the stream continues after the last trained batch."""
+    state.stream.load_state_dict(saved["stream"])
+    state.stream_state = state.stream.state_dict()
+    state.step = int(saved["step"])
+    state.nonfinite_total = int(saved.get("nonfinite_total", 0))
+
+
+def rng_states(ctx: RunContext) -> dict[str, torch.Tensor]:
+    """Every rank's torch RNG states, keyed `rank<r>.cpu` / `rank<r>.cuda` (a collective)."""
+    local = {"cpu": torch.get_rng_state()}
+    if ctx.dist.device.type == "cuda":
+        local["cuda"] = torch.cuda.get_rng_state(ctx.dist.device)
+    everyone = distributed.all_gather_objects(local)
+    return {f"rank{rank}.{kind}": tensor for rank, states in enumerate(everyone) for kind, tensor in states.items()}
+
+
+def load_rng_states(ctx: RunContext, saved: dict[str, torch.Tensor]) -> None:
+    """Set this rank's RNG states from a checkpoint (missing ranks keep their seeds)."""
+    prefix = f"rank{ctx.dist.rank}."
+    if prefix + "cpu" in saved:
+        torch.set_rng_state(saved[prefix + "cpu"])
+    if ctx.dist.device.type == "cuda" and prefix + "cuda" in saved:
+        torch.cuda.set_rng_state(saved[prefix + "cuda"], ctx.dist.device)

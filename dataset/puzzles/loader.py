@@ -1,4 +1,4 @@
-"""Puzzle datasets (Sudoku, Maze, ARC) for the training loop, plus helpers for their builders.
+"""Puzzle datasets (Sudoku, Maze, ARC) for the training loop.
 
 Loading (the contract is `dataset.stream`):
 - `load_puzzle_metadata(paths, split)`: the merged `dataset.json` of one or more folders.
@@ -21,23 +21,25 @@ never read whole, and loading a file cannot run code.
 
 from __future__ import annotations
 
-import csv
-import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from pydantic import BaseModel, ConfigDict
 
-from dataset.common import (
-    IGNORE_LABEL_ID,
-    PUZZLE_ARRAY_FIELDS,
-    PuzzleDatasetMetadata,
-    UserError,
-    read_puzzle_metadata,
-)
-from dataset.stream import Batch, EvalBatches, rank_slice, seeded_rng
+from core.batching import local_batch_size, rank_rows, rank_slice
+from core.constants import IGNORE_LABEL_ID
+from core.errors import UserError
+from dataset.puzzles.format import PUZZLE_ARRAY_FIELDS, PuzzleDatasetMetadata, read_puzzle_metadata
+from dataset.stream import Batch, EvalBatches, seeded_rng
+
+
+class PuzzleDataOptions(BaseModel):
+    """The `data:` section of a run on puzzle datasets: nothing to set (unknown keys refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
 
 NOISE_STREAM_KEY = 1_000_003
 """Second key of `seeded_rng(seed, NOISE_STREAM_KEY, batch_index)`, the per-batch noise."""
@@ -168,15 +170,6 @@ def _gather(puzzle_set: _PuzzleSet, example_rows: np.ndarray) -> tuple[np.ndarra
     return inputs, labels
 
 
-def _check_batch_split(global_batch_size: int, rank: int, world_size: int) -> None:
-    if global_batch_size <= 0 or global_batch_size % world_size:
-        raise UserError(
-            f"global_batch_size {global_batch_size} must be a positive multiple of the {world_size} processes; change it"
-        )
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
-
-
 @dataclass
 class _EpochPlan:
     """What one epoch visits: per position in the group permutation, the chosen puzzle."""
@@ -197,7 +190,7 @@ class PuzzleTrainStream:
     """
 
     def __init__(self, paths: list[str], seed: int, global_batch_size: int, rank: int, world_size: int):
-        _check_batch_split(global_batch_size, rank, world_size)
+        rank_rows(global_batch_size, rank, world_size)  # refuses a batch that does not split
         self.metadata, self._sets = _load_split(paths, "train")
         self.seed = seed
         self.global_batch_size = global_batch_size
@@ -317,7 +310,7 @@ def iter_puzzle_eval_batches(paths: list[str], global_batch_size: int, rank: int
     The last global batch of each set is padded with pad_id inputs, -100 labels and the
     blank identifier; every rank yields the same number of batches.
     """
-    _check_batch_split(global_batch_size, rank, world_size)
+    rank_rows(global_batch_size, rank, world_size)  # refuses a batch that does not split
     metadata, sets = _load_split(paths, "test")
     return _eval_batches(metadata, sets, global_batch_size, rank, world_size)
 
@@ -325,7 +318,7 @@ def iter_puzzle_eval_batches(paths: list[str], global_batch_size: int, rank: int
 def _eval_batches(
     metadata: PuzzleDatasetMetadata, sets: list[_PuzzleSet], global_batch_size: int, rank: int, world_size: int
 ) -> Iterator[tuple[str, Batch]]:
-    local_size = global_batch_size // world_size
+    local_size = local_batch_size(global_batch_size, world_size)
     for puzzle_set in sets:
         num_examples = len(puzzle_set.inputs)
         example_identifiers = np.repeat(puzzle_set.puzzle_identifiers, np.diff(puzzle_set.puzzle_indices))
@@ -338,174 +331,3 @@ def _eval_batches(
             inputs[real], labels[real] = _gather(puzzle_set, rows[real])
             identifiers[real] = example_identifiers[rows[real]]
             yield puzzle_set.name, {"inputs": inputs, "labels": labels, "puzzle_identifiers": identifiers}
-
-
-# ------------------------------------------------------------------- builder helpers
-
-CSV_COLUMNS = ("source", "question", "answer", "rating")
-
-
-@dataclass
-class CsvPuzzles:
-    """Valid rows of a `source,question,answer,rating` CSV file."""
-
-    questions: list[str]
-    answers: list[str]
-    ratings: list[float]
-    line_numbers: list[int]
-    """Line of each kept row in the file (for error messages)."""
-    num_skipped: int
-    """Malformed rows left out."""
-
-    def keep(self, mask: np.ndarray, problem: str, path: Path, strict: bool) -> CsvPuzzles:
-        """The rows where `mask` is true; the others are skipped, or fail with `strict`."""
-        bad = np.flatnonzero(~mask)
-        if len(bad) and strict:
-            raise UserError(f"{path} line {self.line_numbers[bad[0]]}: {problem} (drop --strict to skip such rows)")
-        kept = np.flatnonzero(mask).tolist()
-        return CsvPuzzles(
-            questions=[self.questions[index] for index in kept],
-            answers=[self.answers[index] for index in kept],
-            ratings=[self.ratings[index] for index in kept],
-            line_numbers=[self.line_numbers[index] for index in kept],
-            num_skipped=self.num_skipped + len(bad),
-        )
-
-
-def read_puzzle_csv(path: Path, row_problem: Callable[[str, str], str | None], strict: bool) -> CsvPuzzles:
-    """Read a Sudoku-Extreme / Maze-Hard style CSV, checking each row with `row_problem`.
-
-    `row_problem(question, answer)` returns what is wrong with a row, or None. Malformed
-    rows (a bad rating included) are skipped and counted, or with `strict` raise a
-    `UserError` naming the file and line.
-    """
-    if not path.is_file():
-        raise UserError(f"{path} not found; --source-dir must hold train.csv and test.csv")
-    with open(path, newline="", encoding="utf-8") as file:
-        reader = csv.reader(file)
-        try:
-            return _read_csv_rows(path, reader, row_problem, strict)
-        except UnicodeDecodeError as error:
-            raise UserError(f"{path} is not UTF-8 text ({error.reason}); is it a binary file? "
-                            "convert text with iconv -t utf-8") from None
-        except csv.Error as error:  # e.g. a field over the csv module's size limit: not a puzzle file
-            raise UserError(f"{path} line {reader.line_num}: cannot be read as CSV ({error}); is it the right file?") from None
-
-
-def _read_csv_rows(path: Path, reader, row_problem: Callable[[str, str], str | None], strict: bool) -> CsvPuzzles:
-    result = CsvPuzzles([], [], [], [], 0)
-    header = next(reader, None)
-    if header is None:
-        raise UserError(f"{path} is empty; it needs the header {','.join(CSV_COLUMNS)} and one puzzle per line")
-    if tuple(column.strip() for column in header[:4]) != CSV_COLUMNS:
-        raise UserError(f"{path}: the first line must be the header {','.join(CSV_COLUMNS)}")
-    for row in reader:
-        problem = _csv_row_problem(row, row_problem)
-        if problem is None:
-            result.questions.append(row[1])
-            result.answers.append(row[2])
-            result.ratings.append(float(row[3]))
-            result.line_numbers.append(reader.line_num)
-        elif strict:
-            raise UserError(f"{path} line {reader.line_num}: {problem} (drop --strict to skip such rows)")
-        else:
-            result.num_skipped += 1
-    return result
-
-
-def _csv_row_problem(row: list[str], row_problem: Callable[[str, str], str | None]) -> str | None:
-    if len(row) < 4:
-        return f"expected 4 columns, found {len(row)}"
-    try:
-        float(row[3])
-    except ValueError:
-        return f"rating {row[3]!r} is not a number"
-    return row_problem(row[1], row[2])
-
-
-def single_example_split(
-    inputs: np.ndarray, labels: np.ndarray, puzzles_per_group: int, vocab_size: int
-) -> tuple[PuzzleDatasetMetadata, dict[str, dict[str, np.ndarray]]]:
-    """Metadata and the "all" set of a split where each puzzle is one example.
-
-    Rows are grouped in order: rows [g * puzzles_per_group, (g + 1) * puzzles_per_group)
-    are the copies of original puzzle g. Every puzzle gets identifier 0 (the only one).
-    """
-    num_puzzles, seq_len = inputs.shape
-    if num_puzzles % puzzles_per_group:
-        raise ValueError("rows must come in whole groups")
-    arrays = {
-        "inputs": np.asarray(inputs, dtype=np.int32),
-        "labels": np.asarray(labels, dtype=np.int32),
-        "puzzle_identifiers": np.zeros(num_puzzles, dtype=np.int32),
-        "puzzle_indices": np.arange(num_puzzles + 1, dtype=np.int64),
-        "group_indices": np.arange(0, num_puzzles + 1, puzzles_per_group, dtype=np.int64),
-    }
-    metadata = PuzzleDatasetMetadata(
-        pad_id=0,
-        ignore_label_id=0,
-        blank_identifier_id=0,
-        vocab_size=vocab_size,
-        seq_len=seq_len,
-        num_puzzle_identifiers=1,
-        total_groups=num_puzzles // puzzles_per_group,
-        mean_puzzle_examples=1.0,
-        total_puzzles=num_puzzles,
-        sets=["all"],
-    )
-    return metadata, {"all": arrays}
-
-
-def generate_parallel(make_one: Callable[[int], object], count: int, num_workers: int, description: str) -> list:
-    """[make_one(i) for i in range(count)] over `num_workers` processes, with a progress bar.
-
-    `make_one` must be picklable (a module-level function or a functools.partial of one)
-    and seed itself from its index, so the result does not depend on `num_workers`.
-    """
-    if num_workers < 1:
-        raise UserError(f"--num-workers must be at least 1, got {num_workers}")
-    with tqdm(total=count, desc=description, unit="puzzle") as progress:
-        if num_workers == 1:
-            results = []
-            for index in range(count):
-                results.append(make_one(index))
-                progress.update()
-            return results
-        with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
-            results = []
-            for result in pool.imap(make_one, range(count), chunksize=max(1, min(64, count // (8 * num_workers)))):
-                results.append(result)
-                progress.update()
-            return results
-
-
-SUBSAMPLE_KEY, TEST_SUBSAMPLE_KEY, GENERATE_TRAIN_KEY, GENERATE_TEST_KEY = 1, 2, 10, 11
-"""Seed-stream keys of the Sudoku and Maze builders (fixed: they make builds reproducible)."""
-
-
-def subsample(questions: np.ndarray, labels: np.ndarray, size: int | None, rng, flag: str) -> tuple[np.ndarray, np.ndarray]:
-    """`size` random rows (in their original order), or all rows when `size` is None."""
-    if size is None:
-        return questions, labels
-    if size > len(questions):
-        raise UserError(f"{flag} {size} exceeds the {len(questions)} examples available; lower it")
-    chosen = np.sort(rng.choice(len(questions), size=size, replace=False))
-    return questions[chosen], labels[chosen]
-
-
-def load_csv_or_generated_splits(args, generated_split, read_split_csv) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(questions, labels) of each split before augmentation, for the Sudoku and Maze builders.
-
-    `generated_split(args, count, key, name)` makes puzzles offline (`--generate`);
-    `read_split_csv(args, name)` reads `<name>.csv` from `--source-dir`. `--subsample-size`
-    and `--test-size` then pick random subsets, seeded by `--seed`.
-    """
-    if args.generate is not None:
-        train = generated_split(args, args.generate, GENERATE_TRAIN_KEY, "train")
-        test = generated_split(args, args.test_size or 1000, GENERATE_TEST_KEY, "test")
-    else:
-        train = read_split_csv(args, "train")
-        test_rng = seeded_rng(args.seed, TEST_SUBSAMPLE_KEY)
-        test = subsample(*read_split_csv(args, "test"), args.test_size, test_rng, "--test-size")
-    train = subsample(*train, args.subsample_size, seeded_rng(args.seed, SUBSAMPLE_KEY), "--subsample-size")
-    return {"train": train, "test": test}

@@ -5,6 +5,7 @@
 - `SparseSignSGD`: TRM's optimiser for the puzzle-embedding table: only the rows used in
   the batch move, by the sign of their gradient (duplicate ids summed, then over ranks).
 - `learning_rate`: linear warmup, then cosine (TRM) or linear (BERT) decay to a floor.
+- `build_optimizers`: the run's optimisers over the architecture's parameter groups.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import math
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from models.interface import ParamGroups
 
 
 class AdamAtan2(torch.optim.Optimizer):
@@ -135,13 +138,16 @@ def learning_rate(
     return base_lr * (min_ratio + (1.0 - min_ratio) * shape)
 
 
-def split_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Parameter groups: weight decay on matrices, none on biases, norms and 1-d tensors."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+def build_optimizers(groups: ParamGroups, optimizer: str, lr: float, betas: tuple[float, float], freeze_weights: bool,
+                     sparse_lr: float, sparse_weight_decay: float) -> tuple[torch.optim.Optimizer | None, SparseSignSGD | None]:
+    """The weights optimiser over `groups.dense` (None when frozen) and the sparse one (if any tables)."""
+    sparse = SparseSignSGD(groups.sparse_tables, sparse_lr, sparse_weight_decay) if groups.sparse_tables else None
+    params = [param for group in groups.dense for param in group["params"]]
+    if freeze_weights:
+        for param in params:
+            param.requires_grad_(False)
+        return None, sparse
+    if optimizer == "adam_atan2":
+        return AdamAtan2(groups.dense, lr=lr, betas=betas), sparse
+    fused = bool(params) and params[0].device.type == "cuda"
+    return torch.optim.AdamW(groups.dense, lr=lr, betas=betas, fused=fused), sparse

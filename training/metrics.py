@@ -1,4 +1,10 @@
-"""Where metrics go: `metrics.jsonl` in the run folder, and Weights & Biases if available.
+"""Metrics: reduced over ranks, measured, shown, and written down.
+
+- `MetricAccumulator`: (sum, count) pairs added up locally, averaged over every rank.
+- `ThroughputMeter`: examples and real tokens per second between two reports.
+- `progress_fields`: what the progress bar shows.
+- `MetricsLogger`: where records go: `metrics.jsonl` in the run folder, and Weights &
+  Biases if available.
 
 Only rank 0 creates a `MetricsLogger`. Each `log` call appends one JSON object
 `{"step": N, "time": unix_seconds, "<name>": value, ...}` to `metrics.jsonl` (flushed at
@@ -17,6 +23,11 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from core.files import write_text
+from training import distributed
 
 
 class MetricsLogger:
@@ -53,9 +64,7 @@ def _drop_records_after(path: Path, step: int) -> None:
     """Rewrite `path` without the records of steps after `step` (atomically)."""
     kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
             if line.strip() and json.loads(line)["step"] <= step]
-    temporary = path.with_suffix(".jsonl.tmp")
-    temporary.write_text("".join(kept), encoding="utf-8")
-    os.replace(temporary, path)
+    write_text(path, "".join(kept))
 
 
 def _json_number(value: float) -> float | str:
@@ -98,7 +107,7 @@ def _wandb_run_id(run_dir: Path) -> str:
     import secrets
 
     run_id = secrets.token_hex(4)
-    id_file.write_text(run_id, encoding="utf-8")
+    write_text(id_file, run_id)
     return run_id
 
 
@@ -107,3 +116,61 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     with open(path, encoding="utf-8") as file:
         return [json.loads(line) for line in file if line.strip()]
+
+
+class MetricAccumulator:
+    """Sums (total, count) pairs locally; `reduce` adds them over ranks and averages."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, prefix: str, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Add this step's pairs under `<prefix>/<name>`."""
+        for name, (total, count) in pairs.items():
+            key = f"{prefix}/{name}"
+            pair = torch.stack([total.detach().float(), count.detach().float()])
+            self.sums[key] = self.sums[key] + pair if key in self.sums else pair
+
+    def reduce(self) -> dict[str, float]:
+        """Global means (a collective: every rank must call it with the same keys)."""
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        stacked = distributed.all_reduce_sum(torch.stack([self.sums[key] for key in keys]))
+        values = stacked.cpu().tolist()
+        self.sums.clear()
+        return {key: total / count for key, (total, count) in zip(keys, values) if count > 0}
+
+
+class ThroughputMeter:
+    """Examples and non-padding tokens per second since the last report."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.examples = 0
+        self.tokens = 0
+
+    def add(self, counts: dict[str, int], world_size: int) -> None:
+        """Count one local batch (`ArchPlugin.count_batch`), as if every rank held as much."""
+        self.examples += counts["examples"] * world_size
+        self.tokens += counts["tokens"] * world_size
+
+    def report(self) -> dict[str, float]:
+        """Rates since the last report; starts a new interval."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rates = {"train/examples_per_s": self.examples / elapsed}
+        if self.tokens:
+            rates["train/tokens_per_s"] = self.tokens / elapsed
+        self.__init__()
+        return rates
+
+
+def progress_fields(metrics: dict[str, float], main_loss: str) -> dict[str, str]:
+    """The progress bar's fields: the arch's main loss, lr, and a rate."""
+    fields = {}
+    if f"train/{main_loss}" in metrics:
+        fields["loss"] = f"{metrics[f'train/{main_loss}']:.4f}"
+    fields["lr"] = f"{metrics['train/lr']:.2e}"
+    rate_key = "train/tokens_per_s" if "train/tokens_per_s" in metrics else "train/examples_per_s"
+    fields[rate_key.split("/")[1].replace("_per_s", "/s")] = f"{metrics[rate_key]:.0f}"
+    return fields

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from core.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -37,7 +39,7 @@ def init_distributed(device_preference: str = "auto") -> DistContext:
     use_cuda = device_preference == "cuda" or (device_preference == "auto" and torch.cuda.is_available())
     if use_cuda:
         if not torch.cuda.is_available():
-            raise RuntimeError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+            raise ConfigError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
@@ -101,6 +103,15 @@ def all_gather_batch_first(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
+
+
+def all_gather_objects(value) -> list:
+    """Every rank's picklable `value`, in rank order (`[value]` in a single process)."""
+    if not is_distributed():
+        return [value]
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, value)
+    return everyone
 
 
 def barrier() -> None:

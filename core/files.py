@@ -1,0 +1,100 @@
+"""Atomic writes: a reader sees the old content or the new, never half of either.
+
+`atomic_file` writes a file, `atomic_folder` a folder, both through a hidden temporary
+beside the target that is renamed over it only when complete. With `durable=True` the
+data is flushed to disk (fsync) before the rename, so a crash or power loss right after
+cannot leave an empty or truncated target either (checkpoints use it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from core.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", durable: bool = False, **open_kwargs) -> Iterator[IO]:
+    """Open a temporary file beside `path`; it replaces `path` only if the block succeeds."""
+    final = Path(path)
+    if "b" not in mode:
+        open_kwargs.setdefault("encoding", "utf-8")
+    handle, temporary = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    os.close(handle)
+    try:
+        with open(temporary, mode, **open_kwargs) as file:
+            yield file
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; results are meant to be shared
+        os.replace(temporary, final)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_path(final.parent)
+
+
+def write_json(path: str | os.PathLike, value: Any, durable: bool = False) -> None:
+    """Write `value` as indented JSON, atomically."""
+    with atomic_file(path, durable=durable) as file:
+        json.dump(value, file, indent=2)
+
+
+def write_text(path: str | os.PathLike, text: str, durable: bool = False) -> None:
+    """Write `text` (UTF-8), atomically."""
+    with atomic_file(path, durable=durable) as file:
+        file.write(text)
+
+
+@contextlib.contextmanager
+def atomic_folder(
+    output_dir: str | os.PathLike, overwrite: bool = False, tag: str = "tmp", durable: bool = False
+) -> Iterator[Path]:
+    """Yield a hidden temporary folder `.<name>.<tag>-*` beside `output_dir`; rename it on success.
+
+    Refuses an existing `output_dir` unless `overwrite`, in which case the old folder is
+    replaced only after the new one is complete. On any error the temporary folder is
+    removed and `output_dir` is left as it was.
+    """
+    final = Path(output_dir)
+    if final.exists() and not overwrite:
+        raise UserError(f"output folder {final} already exists; choose another --output-dir or pass --overwrite")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{final.name}.{tag}-", dir=final.parent))
+    temporary.chmod(0o755)  # mkdtemp makes it private; a dataset folder is meant to be shared
+    try:
+        yield temporary
+        if durable:
+            for path in temporary.rglob("*"):
+                fsync_path(path)
+            fsync_path(temporary)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(trash)
+        temporary.rename(final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        temporary.rename(final)
+    if durable:
+        fsync_path(final.parent)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entry to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,289 @@
+"""Masked-language-model datasets for the training loop: the training stream and the
+evaluation batches (the contract is `dataset.stream`).
+
+Masking is dynamic by default: the stream draws a fresh mask each time it serves a
+sequence. The random numbers of a global batch are drawn from `seeded_rng(seed, key,
+stream position of its first example)` for the whole global batch at once, then each
+rank applies its slice to its own rows, so masks are reproducible, exact under resume
+and the same whatever the number of processes. Shards are memory-mapped; only the rows
+of the current batch are read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.batching import rank_rows
+from core.constants import IGNORE_LABEL_ID
+from core.errors import UserError
+from dataset.stream import Batch, EvalBatches, seeded_rng
+from dataset.text.format import MLMDatasetMetadata, load_mlm_metadata
+from dataset.text.masking import Masker, MaskingConfig, build_masker
+
+TRAIN_MASK_STREAM_KEY = 7
+"""Second key of the generator behind the training masks: seeded_rng(seed, 7, position)."""
+EVAL_MASK_STREAM_KEY = 11
+"""Second key of the generator behind the (fixed) evaluation masks."""
+
+
+# ----------------------------------------------------------------------- reading shards
+
+
+def _companion(shard: Path, kind: str) -> Path:
+    """`shard_00000.npy` -> `shard_00000.<kind>.npy`."""
+    return shard.with_name(shard.name[: -len(".npy")] + f".{kind}.npy")
+
+
+class _SplitShards:
+    """The memory-mapped shards of one split of one or more datasets, as one row space."""
+
+    def __init__(self, metadata: MLMDatasetMetadata, split: str):
+        self.metadata = metadata
+        self.ids, self.nsp, self.masked, self.labels = [], [], [], []
+        for name in metadata.shards[split]:
+            shard = Path(name)
+            self.ids.append(self._open(shard, (metadata.seq_len,)))
+            rows = len(self.ids[-1])
+            if metadata.nsp:
+                self.nsp.append(self._open(_companion(shard, "nsp"), (), rows))
+            if metadata.static_masking:
+                self.masked.append(self._open(_companion(shard, "masked"), (metadata.seq_len,), rows))
+                self.labels.append(self._open(_companion(shard, "labels"), (metadata.seq_len,), rows))
+        self.starts = np.cumsum([0] + [len(ids) for ids in self.ids])  # (num_shards + 1,)
+        self.num_rows = int(self.starts[-1])
+        if self.num_rows != metadata.num_sequences[split]:
+            raise UserError(
+                f"{split} shards hold {self.num_rows} sequences, dataset.json says "
+                f"{metadata.num_sequences[split]}; the dataset is damaged, rebuild it"
+            )
+
+    @staticmethod
+    def _open(path: Path, row_shape: tuple[int, ...], rows: int | None = None) -> np.ndarray:
+        if not path.is_file():
+            raise UserError(f"{path} is missing; the dataset is incomplete, rebuild it")
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)  # never unpickles: no code runs
+        except (ValueError, OSError, EOFError) as error:
+            raise UserError(f"{path} cannot be read ({error}); rebuild the dataset") from None
+        if array.shape[1:] != row_shape or (rows is not None and len(array) != rows):
+            raise UserError(f"{path} has shape {array.shape}, not (n, *{row_shape}); rebuild the dataset")
+        return array
+
+    def take(
+        self, rows: np.ndarray, keys: tuple[str, ...] = ("ids", "nsp", "masked", "labels")
+    ) -> dict[str, np.ndarray]:
+        """Rows (global indices) of the stored arrays among `keys` that exist: ids, and
+        nsp/masked/labels when present."""
+        shard_of_row = np.searchsorted(self.starts, rows, side="right") - 1  # (n,)
+        arrays = {"ids": self.ids, "nsp": self.nsp, "masked": self.masked, "labels": self.labels}
+        out = {}
+        for key in keys:
+            shards = arrays[key]
+            if not shards:
+                continue
+            result = np.empty((len(rows),) + shards[0].shape[1:], dtype=np.int64)
+            for shard in np.unique(shard_of_row):
+                in_shard = shard_of_row == shard
+                result[in_shard] = shards[shard][rows[in_shard] - self.starts[shard]]
+            out[key] = result
+        return out
+
+
+def _model_batch(
+    stored: dict[str, np.ndarray], masked: np.ndarray, labels: np.ndarray, meta: MLMDatasetMetadata
+) -> Batch:
+    """The arrays the model reads, from the original ids and their masked version."""
+    ids = stored["ids"]  # (b, L)
+    attention_mask = ids != meta.pad_id  # (b, L)
+    first_sep = np.argmax(ids == meta.sep_id, axis=1)  # (b,)
+    # Segment B starts after the first [SEP]; padding keeps type 0, as Hugging Face tokenizers do.
+    after_first_sep = np.arange(ids.shape[1])[None, :] > first_sep[:, None]  # (b, L)
+    batch = {
+        "input_ids": masked.astype(np.int64),
+        "token_type_ids": (after_first_sep & attention_mask).astype(np.int64),
+        "attention_mask": attention_mask,
+        "labels": labels.astype(np.int64),
+    }
+    if meta.nsp:
+        batch["next_sentence_label"] = stored["nsp"].astype(np.int64)
+    return batch
+
+
+def _trimmed_length(ids: np.ndarray, pad_id: int, multiple: int) -> int:
+    """Columns to keep: up to the last real token of any row, rounded up to `multiple`
+    (at most the full length). Padding is only ever at the end of a sequence."""
+    length = ids.shape[1]
+    real_columns = np.flatnonzero((ids != pad_id).any(axis=0))  # (k,)
+    longest = int(real_columns[-1]) + 1 if len(real_columns) else 1
+    return min(length, -(-longest // multiple) * multiple)
+
+
+class MLMDataOptions(BaseModel):
+    """The `data:` section of a run on MLM datasets (unknown keys refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    """How the stream chooses the positions to predict; see `MaskingConfig`."""
+    trim_padding_to_multiple: int | None = Field(default=8, gt=0)
+    """Training batches drop their trailing all-padding columns (decided on the global
+    batch), keeping a multiple of this many; None always serves the full sequence length."""
+
+
+# -------------------------------------------------------------------------- the streams
+
+
+class MLMTrainStream:
+    """The endless, seeded stream of training batches of MLM datasets (a `TrainStream`).
+
+    Epoch e visits every training sequence in the order of `seeded_rng(seed, e)`'s
+    permutation; global batches are consecutive chunks of that stream, spanning epochs.
+    The state is the absolute stream position, so resuming needs no replay. Each rank
+    reads only its own rows; the mask draws are made for the whole global batch and
+    sliced, so the result equals `rank_slice` of the single-process batch. With
+    `trim_to_multiple`, the columns after the global batch's longest sequence are dropped
+    (rounded up to the multiple): the same on every rank, and no compute on them.
+    """
+
+    def __init__(
+        self,
+        paths: list[str],
+        seed: int,
+        global_batch_size: int,
+        rank: int,
+        world_size: int,
+        masking: MaskingConfig,
+        trim_to_multiple: int | None = None,
+    ):
+        self._rows_of_rank = rank_rows(global_batch_size, rank, world_size)
+        if trim_to_multiple is not None and trim_to_multiple <= 0:
+            raise ValueError(f"trim_to_multiple must be positive or None, got {trim_to_multiple}")
+        self.trim_to_multiple = trim_to_multiple
+        """Drop trailing all-padding columns of each global batch, keeping a multiple of
+        this many; None serves the full `seq_len`."""
+        self.metadata = load_mlm_metadata(paths)
+        self._train = _SplitShards(self.metadata, "train")
+        if self._train.num_rows == 0:
+            raise UserError(f"the train split of {paths} has no sequences; rebuild the dataset with more text")
+        self._masker = build_masker(paths, self.metadata, masking)
+        self.seed = seed
+        self.global_batch_size = global_batch_size
+        self.rank, self.world_size = rank, world_size
+        self.examples_per_epoch = float(self._train.num_rows)
+        self._position = 0
+        self._permutations: dict[int, np.ndarray] = {}
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        """The visiting order of `epoch` (the last two are kept: a batch can span epochs)."""
+        if epoch not in self._permutations:
+            self._permutations = {e: p for e, p in self._permutations.items() if e == epoch - 1}
+            self._permutations[epoch] = seeded_rng(self.seed, epoch).permutation(self._train.num_rows)
+        return self._permutations[epoch]
+
+    def _rows(self, start: int, count: int) -> np.ndarray:
+        """Sequence rows at stream positions start..start+count-1."""
+        positions = start + np.arange(count, dtype=np.int64)  # (n,)
+        epochs, offsets = np.divmod(positions, self._train.num_rows)
+        rows = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            in_epoch = epochs == epoch
+            rows[in_epoch] = self._permutation(int(epoch))[offsets[in_epoch]]
+        return rows
+
+    def next_batch(self) -> Batch:
+        """This rank's slice of the next global batch (see the module docstring for the keys)."""
+        start = self._position
+        first, stop = self._rows_of_rank
+        global_rows = self._rows(start, self.global_batch_size)  # (B,)
+        rows = global_rows[first:stop]  # (b,)
+        stored = self._train.take(rows)
+        if self._masker is None:
+            masked, labels = stored["masked"], stored["labels"]
+        else:
+            draws = self._masker.draw(
+                seeded_rng(self.seed, TRAIN_MASK_STREAM_KEY, start), (self.global_batch_size, self.metadata.seq_len)
+            )
+            masked, labels = self._masker.apply(stored["ids"], draws.rows(first, stop))
+        self._position += self.global_batch_size
+        batch = _model_batch(stored, masked, labels, self.metadata)
+        if self.trim_to_multiple is None:
+            return batch
+        # Decided on the global batch, so every rank keeps the same width.
+        ids = stored["ids"] if self.world_size == 1 else self._train.take(global_rows, ("ids",))["ids"]
+        width = _trimmed_length(ids, self.metadata.pad_id, self.trim_to_multiple)
+        return {key: value[:, :width] if value.ndim == 2 else value for key, value in batch.items()}
+
+    def state_dict(self) -> dict[str, int]:
+        """Examples served so far (all ranks together), and the dataset size as a check."""
+        return {"position": self._position, "num_sequences": self._train.num_rows}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue after the last batch served before `state_dict` was taken."""
+        if int(state["num_sequences"]) != self._train.num_rows:
+            raise UserError(
+                f"the checkpoint's data position is for {state['num_sequences']} training sequences, the "
+                f"dataset has {self._train.num_rows}; resume with the same data_paths"
+            )
+        self._position = int(state["position"])
+
+
+def iter_mlm_eval_batches(
+    paths: list[str],
+    global_batch_size: int,
+    rank: int,
+    world_size: int,
+    masking: MaskingConfig,
+    seed: int = 0,
+) -> EvalBatches:
+    """The test split once, in order, as ("all", this rank's slice) with a fixed mask.
+
+    The mask of a global batch depends only on `seed` and the batch's first row, so every
+    evaluation round sees the same masks. The last global batch is filled with rows
+    `[CLS] [SEP]` that carry no label (MLM labels and NSP label -100).
+    """
+    rank_rows(global_batch_size, rank, world_size)  # refuses a batch that does not split
+    metadata = load_mlm_metadata(paths)
+    test = _SplitShards(metadata, "test")
+    masker = build_masker(paths, metadata, masking)
+    return _eval_batches(test, masker, metadata, global_batch_size, rank, world_size, seed)
+
+
+def _eval_batches(
+    test: _SplitShards,
+    masker: Masker | None,
+    metadata: MLMDatasetMetadata,
+    global_batch_size: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+) -> EvalBatches:
+    """The generator behind `iter_mlm_eval_batches` (arguments already checked)."""
+    first, stop = rank_rows(global_batch_size, rank, world_size)
+    for start in range(0, test.num_rows, global_batch_size):
+        rows = start + np.arange(first, stop)  # (b,) this rank's rows, some past the end
+        real = rows < test.num_rows
+        stored = _with_padding_rows(test.take(rows[real]), int((~real).sum()), metadata)
+        if masker is None:
+            masked, labels = stored["masked"], stored["labels"]
+        else:
+            draws = masker.draw(seeded_rng(seed, EVAL_MASK_STREAM_KEY, start), (global_batch_size, metadata.seq_len))
+            masked, labels = masker.apply(stored["ids"], draws.rows(first, stop))
+        yield "all", _model_batch(stored, masked, labels, metadata)
+
+
+def _with_padding_rows(stored: dict[str, np.ndarray], count: int, meta: MLMDatasetMetadata) -> dict[str, np.ndarray]:
+    """Append `count` label-free rows `[CLS] [SEP] [PAD]...` to the stored arrays."""
+    if count == 0:
+        return stored
+    pad_ids = np.full((count, meta.seq_len), meta.pad_id, dtype=np.int64)
+    pad_ids[:, 0], pad_ids[:, 1] = meta.cls_id, meta.sep_id
+    extra = {
+        "ids": pad_ids,
+        "nsp": np.full(count, IGNORE_LABEL_ID, dtype=np.int64),
+        "masked": pad_ids,
+        "labels": np.full((count, meta.seq_len), IGNORE_LABEL_ID, dtype=np.int64),
+    }
+    return {key: np.concatenate([value, extra[key]]) for key, value in stored.items()}

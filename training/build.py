@@ -1,0 +1,125 @@
+"""Turn a validated config into a ready-to-train `TrainState` and `RunContext`.
+
+The order is fixed: find the arch plugin and its data kind, resolve the run folder,
+build the model on its device, optionally initialise from Hugging Face, build optimisers,
+EMA and the data stream, restore a checkpoint, then compile. Compilation comes last so
+that checkpoints always hold the plain module's state-dict names.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from core.batching import local_batch_size
+from core.errors import ConfigError
+from core.files import write_json
+from dataset.kinds import get_data_kind
+from evaluators.registry import build_evaluators
+from models.registry import get_arch
+from training import distributed
+from training.checkpoint import resolve_checkpoint, restore
+from training.config import PretrainConfig, validate
+from training.distributed import DistContext
+from training.ema import EMA
+from training.metrics import MetricsLogger
+from training.optim import build_optimizers
+from training.state import RunContext, TrainState
+
+
+def resolve_run(config: PretrainConfig, arch_name: str) -> tuple[str, str, Path, Path | None]:
+    """(project name, run name, run folder, checkpoint to load) with the documented defaults.
+
+    Resuming from a checkpoint folder continues in that checkpoint's run folder unless
+    `+checkpoint_path` says otherwise.
+    """
+    project = config.project_name or f"{Path(config.data_paths[0]).name}-{arch_name}"
+    checkpoint = None
+    run_name = config.run_name
+    run_dir = Path(config.checkpoint_path) if config.checkpoint_path else None
+    if config.load_checkpoint:
+        default_dir = run_dir or (Path("checkpoints") / project / run_name if run_name else None)
+        checkpoint = resolve_checkpoint(config.load_checkpoint, default_dir)
+        run_dir = run_dir or checkpoint.parent
+        run_name = run_name or run_dir.name
+    if run_name is None:
+        run_name = distributed.broadcast_object(f"{arch_name}-{datetime.now():%Y%m%d-%H%M%S}")
+    run_dir = run_dir or Path("checkpoints") / project / run_name
+    return project, run_name, run_dir, checkpoint
+
+
+def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunContext, Path | None]:
+    """Build everything a run needs; returns the checkpoint it was restored from, if any."""
+    if config.data_paths is None:
+        raise ConfigError(f"data_paths is not set; pass data_paths=\"[path/to/dataset]\" (a folder built by "
+                          f"dataset/build_*_dataset.py for arch={config.arch.get('name')})")
+    plugin = get_arch(str(config.arch.get("name")))
+    arch_config = validate(plugin.config_class, config.arch, prefix="arch.")
+    data_kind = get_data_kind(plugin.data_kind)
+    data_options = validate(data_kind.options_class, config.data, prefix="data.")
+    local_batch_size(config.global_batch_size, dist.world_size)  # refuses a batch that does not split
+    project, run_name, run_dir, checkpoint_path = resolve_run(config, arch_config.name)
+    metadata = data_kind.load_metadata(config.data_paths)
+    if config.init_from_hf:
+        arch_config = _hf_sized_config(config, plugin, arch_config, metadata)
+    torch.manual_seed(config.seed)
+    model = plugin.build(arch_config, metadata).to(dist.device)
+    if config.init_from_hf:
+        report = plugin.hf_load(model, config.init_from_hf)
+        if dist.is_main:
+            print(f"initialised from {config.init_from_hf}: {len(report.loaded)} tensors loaded; "
+                  f"freshly initialised: {', '.join(report.missing) or 'none'}; "
+                  f"ignored: {', '.join(report.unused) or 'none'}", flush=True)
+    optimizer, sparse_optimizer = build_optimizers(
+        plugin.param_groups(model, config.weight_decay), config.optimizer, config.lr, (config.beta1, config.beta2),
+        config.freeze_weights, config.puzzle_emb_lr, config.puzzle_emb_weight_decay,
+    )
+    stream = data_kind.train_stream(config.data_paths, data_options, config.seed, config.global_batch_size,
+                                    dist.rank, dist.world_size)
+    steps_per_epoch = stream.examples_per_epoch / config.global_batch_size
+    state = TrainState(
+        model=model, forward=model, optimizer=optimizer, sparse_optimizer=sparse_optimizer,
+        ema=EMA(model, config.ema_rate) if config.ema else None, stream=stream, stream_state=stream.state_dict(),
+        step=0, total_steps=max(1, int(config.epochs * steps_per_epoch)), steps_per_epoch=steps_per_epoch,
+    )
+    eval_paths = config.data_paths_test or config.data_paths
+    evaluator_specs = data_kind.default_evaluators(eval_paths) if config.evaluators is None else config.evaluators
+    ctx = RunContext(config=config, arch_config=arch_config, plugin=plugin, data_kind=data_kind,
+                     data_options=data_options, dist=dist, run_dir=run_dir, project_name=project, run_name=run_name,
+                     metadata=metadata, eval_paths=eval_paths, evaluators=build_evaluators(evaluator_specs, eval_paths))
+    if checkpoint_path is not None:
+        restore(state, ctx, checkpoint_path)
+    if config.compile and dist.device.type == "cuda":
+        state.forward = torch.compile(model)
+    return state, ctx, checkpoint_path
+
+
+def _hf_sized_config(config: PretrainConfig, plugin, arch_config, metadata):
+    """The arch config sized like the `+init_from_hf` model, checked against the dataset."""
+    if plugin.hf_config is None:
+        raise ConfigError(f"+init_from_hf is not supported for arch {arch_config.name}; remove it")
+    arch_config = plugin.hf_config(config.init_from_hf, arch_config)
+    hf_vocab = getattr(arch_config, "vocab_size", None)
+    if hf_vocab is not None and hf_vocab != metadata.vocab_size:
+        raise ConfigError(
+            f"the dataset's vocabulary has {metadata.vocab_size} tokens but the model in {config.init_from_hf} "
+            f"has {hf_vocab}; rebuild the dataset with --tokenizer {config.init_from_hf}"
+        )
+    return arch_config
+
+
+def open_logger(state: TrainState, ctx: RunContext) -> None:
+    """Create the run folder, its config snapshot and the metrics logger (rank 0 only)."""
+    if not ctx.dist.is_main:
+        return
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    snapshot = ctx.resolved_config()
+    write_json(ctx.run_dir / "config.json", snapshot)
+    resume_step = state.step if state.step > 0 and not ctx.config.eval_only else None
+    ctx.logger = MetricsLogger(ctx.run_dir, ctx.config.wandb, ctx.project_name, ctx.run_name, snapshot, resume_step)
+    parameters = sum(param.numel() for param in state.model.parameters())
+    print(f"run {ctx.project_name}/{ctx.run_name} in {ctx.run_dir}: {parameters / 1e6:.2f}M parameters, "
+          f"{state.total_steps} steps ({state.steps_per_epoch:.3f} per epoch), device {ctx.dist.device}, "
+          f"{ctx.dist.world_size} process(es)", flush=True)

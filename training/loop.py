@@ -1,0 +1,250 @@
+"""The one training loop: step, evaluate, fit.
+
+`pretrain.py` validates the config, `training.build.setup` builds the run, and `fit` or
+`evaluate` here runs it. Every architecture goes through the same code; what differs
+lives behind its plugin (`models.interface.ArchPlugin`) and its data kind
+(`dataset.stream.DataKind`).
+
+One optimiser step:
+1. forward on this rank's slice of the global batch (bf16 autocast on accelerators);
+2. add the loss-term counts over ranks, so that the loss is normalised by global counts;
+3. backward, then sum the gradients over ranks (no DDP wrapper: the sparse puzzle
+   embedding needs its own all-gather, and summing keeps 1-rank and N-rank runs equal);
+4. one collective agrees on "gradients finite?" and "stop signal?"; a non-finite step is
+   skipped and counted;
+5. optimiser, sparse sign-SGD and EMA updates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from core.errors import UserError
+from models.interface import StepOutput
+from training import distributed
+from training.checkpoint import save
+from training.config import PretrainConfig
+from training.metrics import MetricAccumulator, ThroughputMeter, progress_fields
+from training.optim import learning_rate
+from training.prefetch import device_batches, to_device
+from training.signals import StopRequest
+from training.state import RunContext, TrainState
+
+
+def compute_objective(out: StepOutput) -> torch.Tensor:
+    """sum(weight * local sum / global count) over the loss terms (one small all-reduce)."""
+    names = list(out.losses)
+    counts = distributed.all_reduce_sum(torch.stack([out.losses[name][1].detach().float() for name in names]))
+    objective = 0.0
+    for index, name in enumerate(names):
+        weight = out.loss_weights.get(name, 1.0)
+        objective = objective + weight * out.losses[name][0] / counts[index].clamp(min=1.0)
+    return objective
+
+
+def train_step(state: TrainState, ctx: RunContext, batch: dict[str, torch.Tensor], stop: StopRequest,
+               accumulator: MetricAccumulator) -> bool:
+    """One optimiser step; returns whether every rank agreed to stop after it."""
+    if state.carry is None:
+        state.carry = state.model.initial_carry(batch)
+    with ctx.autocast():
+        out = state.forward(state.carry, batch)
+    state.carry = out.carry
+    compute_objective(out).backward()
+    params = [param for param in state.model.parameters() if param.grad is not None]
+    distributed.all_reduce_gradients(params)
+    max_norm = ctx.config.grad_clip_norm if ctx.config.grad_clip_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+    flags = torch.stack([
+        (~torch.isfinite(grad_norm.float())).float().to(ctx.dist.device),
+        _sparse_grads_nonfinite(state).to(ctx.dist.device),
+        torch.tensor(float(stop.requested), device=ctx.dist.device),
+    ])
+    nonfinite, sparse_nonfinite, stop_votes = distributed.all_reduce_sum(flags).tolist()
+    if nonfinite or sparse_nonfinite:
+        _skip_step(state, ctx)
+    else:
+        _apply_update(state, ctx)
+        accumulator.add("train", {**out.losses, **out.metrics})
+        accumulator.add("train", {"grad_norm": (grad_norm.detach().float(), torch.ones(()))})
+    state.step += 1
+    return stop_votes > 0
+
+
+def _sparse_grads_nonfinite(state: TrainState) -> torch.Tensor:
+    if state.sparse_optimizer is None:
+        return torch.zeros(())
+    bad = [~torch.isfinite(t.last_rows.grad).all() for t in state.sparse_optimizer.embeddings
+           if getattr(t, "last_rows", None) is not None and t.last_rows.grad is not None]
+    return torch.stack(bad).any().float().cpu() if bad else torch.zeros(())
+
+
+def _skip_step(state: TrainState, ctx: RunContext) -> None:
+    state.nonfinite_in_a_row += 1
+    state.nonfinite_total += 1
+    _zero_grads(state)
+    if ctx.dist.is_main:
+        # Steps are numbered as in the metrics: step N is the N-th update (state.step counts the done ones).
+        tqdm.write(f"warning: step {state.step + 1}: non-finite loss or gradients, step skipped "
+                   f"({state.nonfinite_in_a_row} in a row, {state.nonfinite_total} in total)")
+    if state.nonfinite_in_a_row >= ctx.config.max_nonfinite_steps:
+        raise UserError(
+            f"loss or gradients were not finite for {state.nonfinite_in_a_row} steps in a row (step {state.step + 1}); "
+            "lower lr, check the data, or raise max_nonfinite_steps"
+        )
+
+
+def _apply_update(state: TrainState, ctx: RunContext) -> None:
+    config = ctx.config
+    fraction = learning_rate(state.step, 1.0, config.lr_warmup_steps, state.total_steps, config.lr_min_ratio,
+                             config.lr_schedule)
+    if state.optimizer is not None:
+        for group in state.optimizer.param_groups:
+            group["lr"] = config.lr * fraction
+        state.optimizer.step()
+    if state.sparse_optimizer is not None:
+        state.sparse_optimizer.lr = config.puzzle_emb_lr * fraction
+        state.sparse_optimizer.step()
+    if state.ema is not None:
+        state.ema.update(state.model)
+    state.nonfinite_in_a_row = 0
+    _zero_grads(state)
+
+
+def _zero_grads(state: TrainState) -> None:
+    if state.optimizer is not None:
+        state.optimizer.zero_grad(set_to_none=True)
+    if state.sparse_optimizer is not None:
+        state.sparse_optimizer.zero_grad()
+
+
+def eval_steps(config: PretrainConfig, state: TrainState) -> list[int]:
+    """Optimiser steps after which to evaluate: every `eval_interval` epochs, and the end."""
+    points = {state.total_steps}
+    if config.eval_interval is not None:
+        for epoch in range(config.eval_interval, config.epochs + 1, config.eval_interval):
+            if epoch >= (config.min_eval_interval or 0):
+                points.add(min(state.total_steps, max(1, int(round(epoch * state.steps_per_epoch)))))
+    return sorted(points)
+
+
+@torch.no_grad()
+def evaluate(state: TrainState, ctx: RunContext) -> dict[str, float]:
+    """Run the test split (and the evaluators) with the EMA weights when there are any."""
+    accumulator = MetricAccumulator()
+    batches = ctx.data_kind.eval_batches(ctx.eval_paths, ctx.data_options, ctx.config.seed,
+                                         ctx.config.global_batch_size, ctx.dist.rank, ctx.dist.world_size)
+    for evaluator in ctx.evaluators:
+        evaluator.begin()
+    swap = state.ema.swapped_in(state.model) if state.ema is not None else contextlib.nullcontext()
+    state.model.eval()
+    try:
+        with swap:
+            for set_name, numpy_batch in batches:
+                _evaluate_batch(state, ctx, set_name, to_device(numpy_batch, ctx.dist.device, pin=False), accumulator)
+    finally:
+        state.model.train()
+    metrics = accumulator.reduce()
+    for set_name in {key.split("/")[0] for key in metrics}:
+        averaged = {key.split("/", 1)[1]: value for key, value in metrics.items() if key.startswith(set_name + "/")}
+        metrics.update({f"{set_name}/{k}": v for k, v in state.model.derived_metrics(averaged).items()})
+    for evaluator in ctx.evaluators:
+        result = evaluator.finish(ctx.run_dir if ctx.dist.is_main else None, ctx.dist.rank, ctx.dist.world_size)
+        if result:
+            metrics.update(result)
+    return metrics
+
+
+def _evaluate_batch(state: TrainState, ctx: RunContext, set_name: str, batch: dict[str, torch.Tensor],
+                    accumulator: MetricAccumulator) -> None:
+    carry = state.model.initial_carry(batch)
+    while True:
+        with ctx.autocast():
+            out = state.forward(carry, batch)
+        carry = out.carry
+        if out.all_halted:
+            break
+    accumulator.add(set_name, {**out.losses, **out.metrics})
+    if ctx.evaluators:
+        cpu_batch = {key: value.cpu() for key, value in batch.items()}
+        cpu_outputs = {key: value.detach().float().cpu() if value.is_floating_point() else value.cpu()
+                       for key, value in out.outputs.items()}
+        for evaluator in ctx.evaluators:
+            evaluator.update(set_name, cpu_batch, cpu_outputs)
+
+
+def fit(state: TrainState, ctx: RunContext) -> None:
+    """Train until the end (or a stop signal), evaluating and checkpointing on schedule."""
+    config = ctx.config
+    last_step = state.total_steps if config.max_steps is None else min(state.total_steps, config.max_steps)
+    # A run cut short by max_steps still ends with an evaluation.
+    evaluations = sorted({step for step in eval_steps(config, state) if state.step < step < last_step} | {last_step})
+    if state.step >= last_step and ctx.dist.is_main:
+        print(f"nothing to train: the run is at step {state.step} and ends at step {last_step}; "
+              "raise epochs or max_steps to continue", flush=True)
+    stop = StopRequest()
+    stop.install()
+    progress = tqdm(total=last_step, initial=state.step, disable=not ctx.dist.is_main, dynamic_ncols=True)
+    accumulator = MetricAccumulator()
+    meter = ThroughputMeter()
+    # Read ahead in a background thread on CUDA; checkpoints keep the trained batch's position.
+    batches = device_batches(state.stream, ctx.dist.device)
+    try:
+        while state.step < last_step:
+            item = next(batches)
+            stopping = train_step(state, ctx, item.device, stop, accumulator)
+            state.stream_state = item.stream_state
+            meter.add(ctx.plugin.count_batch(item.host), ctx.dist.world_size)
+            progress.update(1)
+            if state.step % config.log_interval == 0 or state.step == last_step or stopping:
+                _log_train(state, ctx, accumulator, meter, progress)
+            saved = None
+            if evaluations and state.step >= evaluations[0]:
+                evaluations.pop(0)
+                _log_eval(state, ctx)
+                if config.checkpoint_every_eval or state.step == last_step:
+                    saved = save(state, ctx)
+            if stopping:
+                _stop_gracefully(state, ctx, stop.signal_name, saved)
+                return
+            if state.step == last_step and ctx.dist.is_main:
+                tqdm.write(f"finished at step {state.step}; checkpoint: {saved}")
+    finally:
+        batches.close()
+        stop.uninstall()
+        progress.close()
+
+
+def _stop_gracefully(state: TrainState, ctx: RunContext, signal_name: str | None, saved: Path | None) -> None:
+    path = saved or save(state, ctx)
+    if ctx.dist.is_main:
+        reason = signal_name or "a stop signal on another rank"
+        print(f"stopped by {reason} after step {state.step}; checkpoint {path}\n"
+              f"resume with the same command plus +load_checkpoint={ctx.run_dir}", flush=True)
+
+
+def _log_train(state: TrainState, ctx: RunContext, accumulator: MetricAccumulator, meter: ThroughputMeter,
+               progress: tqdm) -> None:
+    metrics = accumulator.reduce()
+    metrics.update(meter.report())
+    fraction = learning_rate(max(state.step - 1, 0), 1.0, ctx.config.lr_warmup_steps, state.total_steps,
+                             ctx.config.lr_min_ratio, ctx.config.lr_schedule)
+    metrics["train/lr"] = ctx.config.lr * fraction
+    metrics["train/nonfinite_steps"] = float(state.nonfinite_total)
+    if ctx.logger is not None:
+        ctx.logger.log(state.step, metrics)
+        progress.set_postfix(progress_fields(metrics, ctx.plugin.main_loss), refresh=False)
+
+
+def _log_eval(state: TrainState, ctx: RunContext) -> dict[str, float]:
+    metrics = evaluate(state, ctx)
+    if ctx.logger is not None and metrics:
+        ctx.logger.log(state.step, metrics)
+        summary = ", ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items()) if math.isfinite(value))
+        tqdm.write(f"eval at step {state.step}: {summary}")
+    return metrics

@@ -1,0 +1,77 @@
+"""The two objects a run is made of: what never changes (`RunContext`) and what does
+(`TrainState`, all of which a checkpoint stores)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from dataset.stream import DataKind, TrainStream
+from evaluators.base import Evaluator
+from models.interface import ArchPlugin, Carry, TrainModule
+from training.config import PretrainConfig
+from training.distributed import DistContext
+from training.ema import EMA
+from training.metrics import MetricsLogger
+from training.optim import SparseSignSGD
+
+
+@dataclass
+class RunContext:
+    """What does not change during a run."""
+
+    config: PretrainConfig
+    arch_config: BaseModel
+    plugin: ArchPlugin
+    data_kind: DataKind
+    data_options: BaseModel
+    dist: DistContext
+    run_dir: Path
+    project_name: str
+    run_name: str
+    metadata: Any
+    eval_paths: list[str]
+    evaluators: list[Evaluator] = field(default_factory=list)
+    logger: MetricsLogger | None = None
+
+    def resolved_config(self) -> dict[str, Any]:
+        """The run config with the validated (and possibly HF-derived) arch and data sections."""
+        resolved = self.config.model_dump()
+        resolved["arch"] = self.arch_config.model_dump()
+        resolved["data"] = self.data_options.model_dump()
+        return resolved
+
+    def autocast(self):
+        """bf16/fp16 autocast on accelerators (the arch's `forward_dtype`); a no-op on CPU."""
+        if self.dist.device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = getattr(torch, getattr(self.arch_config, "forward_dtype", "float32"))
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.dist.device.type, dtype=dtype)
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during a run; a checkpoint stores all of it."""
+
+    model: TrainModule
+    forward: Any
+    """`model`, or its compiled version: call this, keep `model` for state dicts."""
+    optimizer: torch.optim.Optimizer | None
+    sparse_optimizer: SparseSignSGD | None
+    ema: EMA | None
+    stream: TrainStream
+    stream_state: dict[str, int]
+    """Position of the stream after the last batch that was trained on."""
+    step: int
+    total_steps: int
+    steps_per_epoch: float
+    carry: Carry | None = None
+    nonfinite_in_a_row: int = 0
+    nonfinite_total: int = 0
