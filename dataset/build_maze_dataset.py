@@ -21,41 +21,30 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import UserError, run_cli
 from dataset.puzzles import maze
-from dataset.puzzles.builder import (
-    SingleExampleBuilder,
-    add_common_arguments,
-    build_single_example_dataset,
-    check_common_args,
-    generate_parallel,
-    read_puzzle_csv,
-)
+from dataset.puzzles.builder import SingleExampleBuilder, check_positive, generate_parallel, read_puzzle_csv
 
 VOCAB_SIZE = len(maze.CHARSET) + 1
 NUM_DIHEDRAL = 8
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line flags (TRM's builder flags plus offline generation)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_arguments(parser, "mazes", default_output="data/maze-30x30-hard-1k")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of this builder beside the common ones (`dataset.puzzles.builder`)."""
     parser.add_argument("--aug", action="store_true", help="add the 8 dihedral transforms of each train maze")
     parser.add_argument("--size", type=int, default=30, help="side of the square maze")
     parser.add_argument(
         "--min-path-length", type=int, help="generated mazes: fewest steps from S to G (default 110 * size**2 / 900)"
     )
-    return parser.parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Refuse contradictory or out-of-range flags with a one-line fix."""
-    check_common_args(args, "mazes", positive=("min_path_length",))
+    """Refuse contradictory or out-of-range flags of this builder with a one-line fix."""
+    check_positive(args, "min_path_length")
     if args.size < 4:
         raise UserError(f"--size must be at least 4, got {args.size}")
     if args.generate is None and args.min_path_length is not None:
@@ -94,8 +83,7 @@ def read_split_csv(args: argparse.Namespace, split: str) -> tuple[np.ndarray, np
     """Valid (questions, labels) grids of `<source-dir>/<split>.csv`."""
     path = Path(args.source_dir) / f"{split}.csv"
     rows = read_puzzle_csv(path, maze_row_problem(args.size), args.strict)
-    if rows.num_skipped:
-        print(f"{path}: skipped {rows.num_skipped} malformed rows (use --strict to fail instead)", file=sys.stderr)
+    rows.report_skipped(path)
     return grids_of(rows.questions, args.size), grids_of(rows.answers, args.size)
 
 
@@ -129,15 +117,12 @@ def encode_split(args: argparse.Namespace, split: str, questions: np.ndarray, la
     return maze.encode(questions), maze.encode(labels), copies
 
 
-BUILDER = SingleExampleBuilder(noun="mazes", vocab_size=VOCAB_SIZE, read_split_csv=read_split_csv,
-                               generated_split=generated_split, encode_split=encode_split)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Build the dataset folder described by the flags."""
-    args = parse_args(argv)
-    check_args(args)
-    build_single_example_dataset(args, BUILDER)
+BUILDER = SingleExampleBuilder(
+    noun="mazes", description=__doc__.split("\n")[0], default_output="data/maze-30x30-hard-1k", vocab_size=VOCAB_SIZE,
+    add_arguments=add_arguments, check_args=check_args, read_split_csv=read_split_csv,
+    generated_split=generated_split, encode_split=encode_split,
+)
+main = BUILDER.main
 
 
 if __name__ == "__main__":

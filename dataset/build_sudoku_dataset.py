@@ -27,21 +27,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import UserError, run_cli
 from dataset.puzzles import sudoku
-from dataset.puzzles.builder import (
-    SingleExampleBuilder,
-    add_common_arguments,
-    build_single_example_dataset,
-    check_common_args,
-    generate_parallel,
-    read_puzzle_csv,
-)
+from dataset.puzzles.builder import SingleExampleBuilder, generate_parallel, read_puzzle_csv
 from dataset.stream import seeded_rng
 
 VOCAB_SIZE = 11
@@ -52,20 +44,16 @@ ANSWER_CHARS = frozenset("123456789")
 AUGMENT_KEY = 3
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line flags (TRM's builder flags plus offline generation)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_arguments(parser, "puzzles", default_output="data/sudoku-extreme-full")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of this builder beside the common ones (`dataset.puzzles.builder`)."""
     parser.add_argument("--min-difficulty", type=int, help="keep CSV puzzles with rating >= this")
     parser.add_argument("--num-aug", type=int, default=0, help="augmented copies per train puzzle")
     parser.add_argument("--min-givens", type=int, default=17, help="generated puzzles: fewest givens aimed at")
     parser.add_argument("--max-givens", type=int, default=30, help="generated puzzles: most givens allowed")
-    return parser.parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Refuse contradictory or out-of-range flags with a one-line fix."""
-    check_common_args(args, "puzzles")
+    """Refuse contradictory or out-of-range flags of this builder with a one-line fix."""
     if args.num_aug < 0:
         raise UserError(f"--num-aug must be >= 0, got {args.num_aug}")
     if args.generate is not None:
@@ -102,8 +90,7 @@ def read_split_csv(args: argparse.Namespace, split: str) -> tuple[np.ndarray, np
     agrees = ((puzzles == 0) | (puzzles == solutions)).all(axis=1)
     valid = agrees & sudoku.is_valid_solution(solutions)
     rows = rows.keep(valid, "answer is not a valid grid completing the question", path, args.strict)
-    if rows.num_skipped:
-        print(f"{path}: skipped {rows.num_skipped} malformed rows (use --strict to fail instead)", file=sys.stderr)
+    rows.report_skipped(path)
     puzzles, solutions = digits_of(rows.questions), digits_of(rows.answers)
     if args.min_difficulty is None:
         return puzzles, solutions
@@ -140,15 +127,12 @@ def encode_split(args: argparse.Namespace, split: str, puzzles: np.ndarray, solu
     return inputs.astype(np.int32) + 1, labels.astype(np.int32) + 1, 1 + num_aug
 
 
-BUILDER = SingleExampleBuilder(noun="puzzles", vocab_size=VOCAB_SIZE, read_split_csv=read_split_csv,
-                               generated_split=generated_split, encode_split=encode_split)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Build the dataset folder described by the flags."""
-    args = parse_args(argv)
-    check_args(args)
-    build_single_example_dataset(args, BUILDER)
+BUILDER = SingleExampleBuilder(
+    noun="puzzles", description=__doc__.split("\n")[0], default_output="data/sudoku-extreme-full", vocab_size=VOCAB_SIZE,
+    add_arguments=add_arguments, check_args=check_args, read_split_csv=read_split_csv,
+    generated_split=generated_split, encode_split=encode_split,
+)
+main = BUILDER.main
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Evaluation procedures beyond the loss metrics (ARC voting); `registry` lists them."""

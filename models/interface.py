@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 Carry = dict[str, torch.Tensor]
@@ -68,6 +68,18 @@ class TrainModule(nn.Module):
     def derived_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Extra evaluation metrics computed from the averaged ones (e.g. perplexity)."""
         return {}
+
+
+class ArchConfig(BaseModel):
+    """Base of every architecture's config: what the engine itself reads of the `arch:` section."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    """Architecture name in the registry (each architecture narrows it to its own)."""
+    forward_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Compute dtype under autocast on accelerators; the training loop applies it (CPU runs
+    float32), the model itself never casts."""
 
 
 class DatasetShape(Protocol):

@@ -15,7 +15,7 @@ demo_trm() {
     --num-aug 4 --seed 0 --overwrite
   echo "== TRM: train a small TRM (hidden 64, H_cycles 2, L_cycles 2) for 100 steps, then evaluate"
   rm -rf checkpoints/demo/trm
-  python pretrain.py arch=trm data_paths="[data/demo-sudoku]" evaluators="[]" \
+  python pretrain.py arch=trm data_paths="[data/demo-sudoku]" \
     arch.hidden_size=64 arch.num_heads=4 arch.H_cycles=2 arch.L_cycles=2 \
     global_batch_size=64 epochs=16 eval_interval=8 lr=1e-3 puzzle_emb_lr=1e-3 lr_warmup_steps=10 \
     log_interval=10 +run_name=trm "${common[@]}"

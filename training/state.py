@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from dataset.stream import DataKind, TrainStream
 from evaluators.base import Evaluator
-from models.interface import ArchPlugin, Carry, TrainModule
+from models.interface import ArchConfig, ArchPlugin, Carry, TrainModule
 from training.config import PretrainConfig
 from training.distributed import DistContext
 from training.ema import EMA
@@ -26,7 +26,7 @@ class RunContext:
     """What does not change during a run."""
 
     config: PretrainConfig
-    arch_config: BaseModel
+    arch_config: ArchConfig
     plugin: ArchPlugin
     data_kind: DataKind
     data_options: BaseModel
@@ -50,7 +50,7 @@ class RunContext:
         """bf16/fp16 autocast on accelerators (the arch's `forward_dtype`); a no-op on CPU."""
         if self.dist.device.type != "cuda":
             return contextlib.nullcontext()
-        dtype = getattr(torch, getattr(self.arch_config, "forward_dtype", "float32"))
+        dtype = getattr(torch, self.arch_config.forward_dtype)
         if dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.dist.device.type, dtype=dtype)

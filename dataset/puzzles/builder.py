@@ -14,6 +14,7 @@ import argparse
 import csv
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,11 @@ class CsvPuzzles:
     """Line of each kept row in the file (for error messages)."""
     num_skipped: int
     """Malformed rows left out."""
+
+    def report_skipped(self, path: Path) -> None:
+        """Say on stderr how many malformed rows of `path` were left out, if any."""
+        if self.num_skipped:
+            print(f"{path}: skipped {self.num_skipped} malformed rows (use --strict to fail instead)", file=sys.stderr)
 
     def keep(self, mask: np.ndarray, problem: str, path: Path, strict: bool) -> CsvPuzzles:
         """The rows where `mask` is true; the others are skipped, or fail with `strict`."""
@@ -168,12 +174,20 @@ Splits = dict[str, tuple[np.ndarray, np.ndarray]]
 
 @dataclass(frozen=True)
 class SingleExampleBuilder:
-    """What a single-example puzzle builder adds to the shared skeleton."""
+    """A single-example puzzle builder: what it adds to the shared skeleton, and its `main`."""
 
     noun: str
-    """What one puzzle is called in messages (`puzzles`, `mazes`)."""
+    """What one puzzle is called in messages and help (`puzzles`, `mazes`)."""
+    description: str
+    """First line of `--help`."""
+    default_output: str
+    """`--output-dir` default (TRM's folder name)."""
     vocab_size: int
     """Tokens, pad (0) included."""
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    """Adds the builder's own flags."""
+    check_args: Callable[[argparse.Namespace], None]
+    """Refuses bad values of its own flags with a `UserError`."""
     read_split_csv: Callable[[argparse.Namespace, str], tuple[np.ndarray, np.ndarray]]
     """(args, split) -> valid (questions, answers) of `<source-dir>/<split>.csv`."""
     generated_split: Callable[[argparse.Namespace, int, int, str], tuple[np.ndarray, np.ndarray]]
@@ -182,43 +196,52 @@ class SingleExampleBuilder:
     """(args, split, questions, answers) -> token inputs, token labels (augmented copies
     following each original) and the number of copies per original puzzle."""
 
+    def parse_args(self, argv: list[str] | None = None) -> argparse.Namespace:
+        """The common flags (TRM's plus offline generation) and the builder's own, checked."""
+        parser = argparse.ArgumentParser(description=self.description)
+        noun = self.noun
+        parser.add_argument("--source-dir", help="folder with train.csv and test.csv (source,question,answer,rating)")
+        parser.add_argument("--output-dir", default=self.default_output, help="dataset folder to write")
+        parser.add_argument("--subsample-size", type=int, help=f"keep this many random train {noun}")
+        parser.add_argument("--generate", type=int, help=f"generate this many train {noun} instead of reading CSVs")
+        parser.add_argument("--test-size", type=int, help=f"test {noun} (generated: default 1000; CSV: subsample)")
+        parser.add_argument("--seed", type=int, default=0, help="seed of subsampling, augmentation and generation")
+        parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1, help="generation processes")
+        parser.add_argument("--strict", action="store_true", help="fail on a malformed CSV row instead of skipping it")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+        self.add_arguments(parser)
+        args = parser.parse_args(argv)
+        self._check_common_args(args)
+        self.check_args(args)
+        return args
 
-def add_common_arguments(parser: argparse.ArgumentParser, noun: str, default_output: str) -> None:
-    """The flags every single-example builder has (TRM's flags plus offline generation)."""
-    parser.add_argument("--source-dir", help="folder with train.csv and test.csv (source,question,answer,rating)")
-    parser.add_argument("--output-dir", default=default_output, help="dataset folder to write")
-    parser.add_argument("--subsample-size", type=int, help=f"keep this many random train {noun}")
-    parser.add_argument("--generate", type=int, help=f"generate this many train {noun} instead of reading CSVs")
-    parser.add_argument("--test-size", type=int, help=f"test {noun} (generated: default 1000; CSV: subsample)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of subsampling, augmentation and generation")
-    parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1, help="generation processes")
-    parser.add_argument("--strict", action="store_true", help="fail on a malformed CSV row instead of skipping it")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    def _check_common_args(self, args: argparse.Namespace) -> None:
+        if (args.source_dir is None) == (args.generate is None):
+            raise UserError(f"give exactly one of --source-dir DIR (CSV files) or --generate N (offline {self.noun})")
+        if args.source_dir is not None and not Path(args.source_dir).is_dir():
+            raise UserError(f"--source-dir {args.source_dir} is not a folder; point it at the folder with train.csv")
+        for flag in ("subsample_size", "generate", "test_size"):
+            check_positive(args, flag)
+
+    def main(self, argv: list[str] | None = None) -> None:
+        """Read or generate, subsample, encode and augment, then write the dataset folder atomically."""
+        args = self.parse_args(argv)
+        if Path(args.output_dir).exists() and not args.overwrite:
+            # Checked before the slow part too; atomic_folder checks again when writing.
+            raise UserError(f"output folder {args.output_dir} already exists; choose another --output-dir or pass --overwrite")
+        splits = load_csv_or_generated_splits(args, self.generated_split, self.read_split_csv)
+        with atomic_folder(args.output_dir, overwrite=args.overwrite) as output:
+            for split, (questions, answers) in splits.items():
+                if len(questions) == 0:
+                    raise UserError(f"no valid {split} {self.noun} in the input; check {split}.csv")
+                inputs, labels, copies = self.encode_split(args, split, questions, answers)
+                metadata = write_single_example_split(output / split, inputs, labels, copies, self.vocab_size)
+                print(f"{split}: {metadata.total_groups} {self.noun}, {metadata.total_puzzles} with augmentations")
+            write_json(output / "identifiers.json", ["<blank>"])
 
 
-def check_common_args(args: argparse.Namespace, noun: str, positive: tuple[str, ...] = ()) -> None:
-    """Refuse a missing or doubled source and non-positive counts with a one-line fix."""
-    if (args.source_dir is None) == (args.generate is None):
-        raise UserError(f"give exactly one of --source-dir DIR (CSV files) or --generate N (offline {noun})")
-    if args.source_dir is not None and not Path(args.source_dir).is_dir():
-        raise UserError(f"--source-dir {args.source_dir} is not a folder; point it at the folder with train.csv")
-    for flag in ("subsample_size", "generate", "test_size", *positive):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-
-
-def build_single_example_dataset(args: argparse.Namespace, spec: SingleExampleBuilder) -> None:
-    """Read or generate, subsample, encode and augment, then write the dataset folder atomically."""
-    if Path(args.output_dir).exists() and not args.overwrite:
-        # Checked before the slow part too; atomic_folder checks again when writing.
-        raise UserError(f"output folder {args.output_dir} already exists; choose another --output-dir or pass --overwrite")
-    splits = load_csv_or_generated_splits(args, spec.generated_split, spec.read_split_csv)
-    with atomic_folder(args.output_dir, overwrite=args.overwrite) as output:
-        for split, (questions, answers) in splits.items():
-            if len(questions) == 0:
-                raise UserError(f"no valid {split} {spec.noun} in the input; check {split}.csv")
-            inputs, labels, copies = spec.encode_split(args, split, questions, answers)
-            metadata = write_single_example_split(output / split, inputs, labels, copies, spec.vocab_size)
-            print(f"{split}: {metadata.total_groups} {spec.noun}, {metadata.total_puzzles} with augmentations")
-        write_json(output / "identifiers.json", ["<blank>"])
+def check_positive(args: argparse.Namespace, flag: str) -> None:
+    """`UserError` when the optional count `--<flag>` is given and below 1."""
+    value = getattr(args, flag)
+    if value is not None and value < 1:
+        raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.interface import ArchConfig
+
 
 class BertLossConfig(BaseModel):
     """Training objective: masked-language modelling, optionally with next-sentence prediction."""
@@ -24,10 +26,8 @@ class BertLossConfig(BaseModel):
     """Add the next-sentence-prediction loss (needs a dataset built with NSP pairs)."""
 
 
-class BertConfig(BaseModel):
+class BertConfig(ArchConfig):
     """Sizes and options of the original post-LayerNorm BERT encoder (defaults: BERT-Base)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: Literal["bert"]
     """Architecture name in the registry."""
@@ -65,8 +65,6 @@ class BertConfig(BaseModel):
     """Run the embeddings, dense layers and feed-forward only on the real (non-padding)
     tokens, gathered to (N, H); attention still runs on the padded layout. Same results
     as the padded model (up to float rounding), less compute when batches hold padding."""
-    forward_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    """Compute dtype under autocast on accelerators (the loop applies it; CPU runs float32)."""
 
     @model_validator(mode="after")
     def _check_sizes(self) -> BertConfig:

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.interface import ArchConfig
+
 
 class TRMLossConfig(BaseModel):
     """Loss head of TRM: deep supervision with adaptive halting (ACT)."""
@@ -23,15 +25,11 @@ class TRMLossConfig(BaseModel):
     """Per-token loss of the answer logits; TRM uses stablemax."""
 
 
-class TRMConfig(BaseModel):
+class TRMConfig(ArchConfig):
     """Sizes, recursion depth, halting and input options of TRM (defaults: the paper's)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: Literal["trm"]
     """Architecture name in the registry."""
-    loss: TRMLossConfig = Field(default_factory=TRMLossConfig)
-    """Loss head settings."""
     halt_exploration_prob: float = 0.1
     """Probability that a training slot draws a minimum number of steps in [2, halt_max_steps]."""
     halt_max_steps: int = 16
@@ -61,14 +59,13 @@ class TRMConfig(BaseModel):
     """Base of the rotary frequencies."""
     rms_norm_eps: float = 1e-5
     """Epsilon of the (scale-free) RMS norms."""
-    forward_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    """Compute dtype under autocast on accelerators; the training loop applies it (CPU runs
-    float32), the model itself never casts."""
     mlp_t: bool = False
     """Replace attention by a SwiGLU along the sequence axis (TRM-MLP, for fixed-size grids)."""
     no_ACT_continue: bool = True
     """Halt when the halt logit > 0 and train no continue logit (TRM). False: halt when
     halt > continue and train continue on a bootstrapped target (HRM; one extra forward)."""
+    loss: TRMLossConfig = Field(default_factory=TRMLossConfig)
+    """Loss head settings."""
 
     @model_validator(mode="after")
     def _check(self) -> TRMConfig:
