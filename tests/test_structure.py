@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tomllib
 
 import numpy as np
 import pytest
@@ -51,6 +50,7 @@ def test_a_wrong_way_import_breaks_the_contract(tmp_path):
 
 
 def test_requirements_txt_agrees_with_pyproject():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     lines = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
     assert sorted(line for line in lines if line) == sorted(project["dependencies"])

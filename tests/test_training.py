@@ -75,3 +75,23 @@ def test_two_processes_match_one(tmp_path):
     eval_one = [r for r in one if "all/lm_loss" in r][-1]
     eval_two = [r for r in two if "all/lm_loss" in r][-1]
     assert eval_two["all/lm_loss"] == pytest.approx(eval_one["all/lm_loss"], rel=1e-4)
+
+
+def test_update_one_already_gets_its_warmup_share(tmp_path, monkeypatch):
+    """Update k of the warm-up uses lr * k / warmup (TRM's schedule), logged as such."""
+    from training import optim
+
+    used = []
+    original = optim.AdamAtan2.step
+
+    def recording_step(self, closure=None):
+        used.append(self.param_groups[0]["lr"])
+        return original(self, closure)
+
+    monkeypatch.setattr(optim.AdamAtan2, "step", recording_step)
+    data = make_puzzle_dataset(tmp_path / "data")
+    records = _train(data, tmp_path / "run", "global_batch_size=16", "epochs=2", "eval_interval=2", "lr=1e-3",
+                     "lr_warmup_steps=4")
+    assert used == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    logged = {r["step"]: r["train/lr"] for r in records if "train/lr" in r}
+    assert logged == pytest.approx({1: 2.5e-4, 2: 5e-4, 3: 7.5e-4, 4: 1e-3, 5: 1e-3, 6: 1e-3})

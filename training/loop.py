@@ -101,8 +101,7 @@ def _skip_step(state: TrainState, ctx: RunContext) -> None:
 
 def _apply_update(state: TrainState, ctx: RunContext) -> None:
     config = ctx.config
-    fraction = learning_rate(state.step, 1.0, config.lr_warmup_steps, state.total_steps, config.lr_min_ratio,
-                             config.lr_schedule)
+    fraction = _lr_fraction(state, ctx, update=state.step + 1)  # state.step counts the updates done before this one
     if state.optimizer is not None:
         for group in state.optimizer.param_groups:
             group["lr"] = config.lr * fraction
@@ -114,6 +113,13 @@ def _apply_update(state: TrainState, ctx: RunContext) -> None:
         state.ema.update(state.model)
     state.nonfinite_in_a_row = 0
     _zero_grads(state)
+
+
+def _lr_fraction(state: TrainState, ctx: RunContext, update: int) -> float:
+    """The schedule's factor for the `update`-th optimiser update (1-based)."""
+    config = ctx.config
+    return learning_rate(update, 1.0, config.lr_warmup_steps, state.total_steps, config.lr_min_ratio,
+                         config.lr_schedule)
 
 
 def _zero_grads(state: TrainState) -> None:
@@ -232,9 +238,7 @@ def _log_train(state: TrainState, ctx: RunContext, accumulator: MetricAccumulato
                progress: tqdm) -> None:
     metrics = accumulator.reduce()
     metrics.update(meter.report())
-    fraction = learning_rate(max(state.step - 1, 0), 1.0, ctx.config.lr_warmup_steps, state.total_steps,
-                             ctx.config.lr_min_ratio, ctx.config.lr_schedule)
-    metrics["train/lr"] = ctx.config.lr * fraction
+    metrics["train/lr"] = ctx.config.lr * _lr_fraction(state, ctx, update=state.step)  # the last update's
     metrics["train/nonfinite_steps"] = float(state.nonfinite_total)
     if ctx.logger is not None:
         ctx.logger.log(state.step, metrics)

@@ -121,9 +121,10 @@ def _gather_rows(ids: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, 
 def learning_rate(
     step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float, schedule: str = "cosine"
 ) -> float:
-    """Learning rate for optimiser step `step` (0-based).
+    """Learning rate of the `step`-th optimiser update (1-based, as in TRM's code).
 
-    Linear warmup from 0 over `warmup_steps`, then decay from `base_lr` to
+    Linear warmup: update k < `warmup_steps` gets `base_lr * k / warmup_steps`, so update 1
+    already moves the weights; then decay from `base_lr` (at update `warmup_steps`) to
     `base_lr * min_ratio` at `total_steps`: half a cosine, or a straight line.
     """
     if step < warmup_steps:
