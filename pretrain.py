@@ -17,28 +17,40 @@ import os
 import sys
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from core.errors import UserError, print_error
 from training import distributed
-from training.build import open_logger, setup
+from training.build import eval_only_config, open_logger, setup
 from training.config import PretrainConfig, check_overrides, validate
-from training.loop import evaluate, fit
+from training.loop import evaluate, fit, record_evaluation
+from training.signals import tolerate_lost_output
 
 
-def launch(raw_config: dict) -> None:
-    """Validate, join the process group, build, then train or evaluate."""
+def launch(raw_config: dict, overrides: list[str] = ()) -> None:
+    """Validate, join the process group, build, then train or evaluate.
+
+    `overrides` are the command line's `key=value` strings: an `eval_only` run takes its
+    settings from the checkpoint and only these on top.
+    """
+    tolerate_lost_output()
     config = validate(PretrainConfig, raw_config)
+    if config.eval_only:
+        config = eval_only_config(config, raw_config, list(overrides))
     dist = distributed.init_distributed(config.device)
+    if dist.device.type == "cpu":
+        threads, why = distributed.choose_cpu_threads(config.cpu_threads)
+        torch.set_num_threads(threads)
+        if dist.is_main:
+            print(f"cpu threads: {threads} ({why})", flush=True)
     try:
-        state, ctx, _ = setup(config, dist)
-        open_logger(state, ctx)
+        state, ctx, restored_from = setup(config, dist)
+        open_logger(state, ctx, restored_from)
         if config.eval_only:
             metrics = evaluate(state, ctx)
-            if ctx.logger is not None:
-                ctx.logger.log(state.step, metrics)
-                for name, value in sorted(metrics.items()):
-                    print(f"{name}: {value:.6f}")
+            if ctx.dist.is_main:
+                record_evaluation(ctx, state.step, restored_from, metrics)
         else:
             fit(state, ctx)
         if ctx.logger is not None:
@@ -59,7 +71,7 @@ def main(hydra_config: DictConfig) -> None:
     """Hydra entry point: hand the composed config over as a plain dict."""
     raw_config = OmegaConf.to_container(hydra_config, resolve=True)
     try:
-        launch(raw_config)
+        launch(raw_config, [argument for argument in sys.argv[1:] if not argument.startswith("-")])
     except UserError as error:
         exit_with_error(error)
 

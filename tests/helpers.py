@@ -38,7 +38,7 @@ def make_puzzle_dataset(root: Path, num_train: int = 48, num_test: int = 16, seq
 TINY_TRM = [
     "arch=trm", "arch.hidden_size=32", "arch.num_heads=2", "arch.L_layers=1", "arch.H_cycles=2", "arch.L_cycles=2",
     "arch.halt_max_steps=3", "arch.puzzle_emb_len=2", "arch.expansion=2", "evaluators=[]", "wandb=disabled",
-    "lr_warmup_steps=2", "log_interval=1",
+    "lr_warmup_steps=2", "log_interval=1", "cpu_threads=1",
 ]
 
 
@@ -63,7 +63,7 @@ def make_mlm_dataset(root: Path, num_documents: int = 30, max_seq_length: int = 
 
 TINY_BERT = [
     "arch=bert_tiny", "arch.num_layers=1", "arch.hidden_size=32", "arch.num_heads=2", "wandb=disabled",
-    "lr_warmup_steps=2", "log_interval=1",
+    "lr_warmup_steps=2", "log_interval=1", "cpu_threads=1",
 ]
 
 

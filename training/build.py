@@ -8,8 +8,10 @@ that checkpoints always hold the plain module's state-dict names.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,7 +22,7 @@ from dataset.kinds import get_data_kind
 from evaluators.registry import build_evaluators
 from models.registry import get_arch
 from training import distributed
-from training.checkpoint import resolve_checkpoint, restore
+from training.checkpoint import find_latest, resolve_checkpoint, restore
 from training.config import PretrainConfig, validate
 from training.distributed import DistContext
 from training.ema import EMA
@@ -33,7 +35,8 @@ def resolve_run(config: PretrainConfig, arch_name: str) -> tuple[str, str, Path,
     """(project name, run name, run folder, checkpoint to load) with the documented defaults.
 
     Resuming from a checkpoint folder continues in that checkpoint's run folder unless
-    `+checkpoint_path` says otherwise.
+    `+checkpoint_path` says otherwise. A run folder belongs to one run: starting a new run
+    in a folder that already holds one is refused, unless `resume=auto` resumes it.
     """
     project = config.project_name or f"{Path(config.data_paths[0]).name}-{arch_name}"
     checkpoint = None
@@ -47,7 +50,70 @@ def resolve_run(config: PretrainConfig, arch_name: str) -> tuple[str, str, Path,
     if run_name is None:
         run_name = distributed.broadcast_object(f"{arch_name}-{datetime.now():%Y%m%d-%H%M%S}")
     run_dir = run_dir or Path("checkpoints") / project / run_name
+    if checkpoint is None and not config.eval_only and _holds_a_run(run_dir):
+        checkpoint = find_latest(run_dir)
+        if config.resume != "auto":
+            found = f"checkpoint {checkpoint.name}" if checkpoint else "metrics.jsonl"
+            raise ConfigError(
+                f"run folder {run_dir} already holds a run ({found}); resume it with +load_checkpoint={run_dir} "
+                "(or resume=auto), or start a new run with another +run_name"
+            )
     return project, run_name, run_dir, checkpoint
+
+
+def _holds_a_run(run_dir: Path) -> bool:
+    """Whether a run already wrote its curve or a checkpoint into `run_dir`."""
+    metrics = run_dir / "metrics.jsonl"
+    return (metrics.is_file() and metrics.stat().st_size > 0) or any(run_dir.glob("step_*"))
+
+
+def eval_only_config(config: PretrainConfig, composed: dict[str, Any], overrides: list[str]) -> PretrainConfig:
+    """The config an `eval_only` run evaluates with: the checkpoint's own, then the keys the
+    command line sets explicitly (`overrides`, Hydra's `key=value` strings) on top.
+
+    `composed` is the config Hydra made of those overrides, so each overridden value is
+    taken from it already parsed.
+    """
+    if not config.load_checkpoint or config.load_checkpoint == "latest":
+        raise ConfigError("eval_only=true needs +load_checkpoint=PATH (a run folder or a step_<N> folder)")
+    checkpoint = resolve_checkpoint(config.load_checkpoint, None)
+    saved = _read_saved_config(checkpoint)
+    merged = {**saved, "eval_only": True, "load_checkpoint": config.load_checkpoint, "resume": None}
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "arch":
+            chosen, trained = composed["arch"].get("name"), saved["arch"].get("name")
+            if chosen != trained:
+                raise ConfigError(f"checkpoint {checkpoint} was written by arch={trained}; drop arch= or pass "
+                                  f"arch={trained}")
+            continue
+        if key in ("eval_only", "load_checkpoint"):
+            continue
+        _set_path(merged, key, _get_path(composed, key))
+    return validate(PretrainConfig, merged)
+
+
+def _read_saved_config(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's `config.json`, with the keys that later moved to the `data:` section moved."""
+    saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    data = saved.setdefault("data", {})
+    for moved in ("masking", "trim_padding_to_multiple"):
+        if moved in saved.get("arch", {}):
+            data.setdefault(moved, saved["arch"].pop(moved))
+    return saved
+
+
+def _get_path(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
 
 
 def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunContext, Path | None]:
@@ -110,16 +176,26 @@ def _hf_sized_config(config: PretrainConfig, plugin, arch_config, metadata):
     return arch_config
 
 
-def open_logger(state: TrainState, ctx: RunContext) -> None:
-    """Create the run folder, its config snapshot and the metrics logger (rank 0 only)."""
+def open_logger(state: TrainState, ctx: RunContext, restored_from: Path | None) -> None:
+    """Create the run folder, its config snapshot and the metrics logger, and print the
+    banner (rank 0 only). An `eval_only` run leaves the training run's files alone."""
     if not ctx.dist.is_main:
+        return
+    parameters = sum(param.numel() for param in state.model.parameters())
+    where = f"device {ctx.dist.device}, {ctx.dist.world_size} process(es)"
+    if ctx.config.eval_only:
+        print(f"evaluating step {state.step} of run {ctx.project_name}/{ctx.run_name} ({restored_from}) on "
+              f"{', '.join(ctx.eval_paths)}: {parameters / 1e6:.2f}M parameters, {where}", flush=True)
         return
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     snapshot = ctx.resolved_config()
     write_json(ctx.run_dir / "config.json", snapshot)
-    resume_step = state.step if state.step > 0 and not ctx.config.eval_only else None
-    ctx.logger = MetricsLogger(ctx.run_dir, ctx.config.wandb, ctx.project_name, ctx.run_name, snapshot, resume_step)
-    parameters = sum(param.numel() for param in state.model.parameters())
-    print(f"run {ctx.project_name}/{ctx.run_name} in {ctx.run_dir}: {parameters / 1e6:.2f}M parameters, "
-          f"{state.total_steps} steps ({state.steps_per_epoch:.3f} per epoch), device {ctx.dist.device}, "
-          f"{ctx.dist.world_size} process(es)", flush=True)
+    # Records an interrupted run logged after its last checkpoint are logged again from here.
+    ctx.logger = MetricsLogger(ctx.run_dir, ctx.config.wandb, ctx.project_name, ctx.run_name, snapshot, state.step)
+    last_step = state.total_steps if ctx.config.max_steps is None else min(state.total_steps, ctx.config.max_steps)
+    steps = f"{last_step} steps" + (f" (max_steps; the schedule spans {state.total_steps})"
+                                    if last_step < state.total_steps else "")
+    print(f"run {ctx.project_name}/{ctx.run_name} in {ctx.run_dir}: {parameters / 1e6:.2f}M parameters, {steps}, "
+          f"{state.steps_per_epoch:.3f} steps per epoch, {where}", flush=True)
+    if restored_from is not None:
+        print(f"resumed from {restored_from.name} of {ctx.run_dir} (step {state.step})", flush=True)

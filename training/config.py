@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.errors import ConfigError
 
@@ -89,6 +89,11 @@ class PretrainConfig(BaseModel):
     """Seed of initialisation, data order, masking and halting exploration."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; `auto` picks CUDA when available."""
+    cpu_threads: int | None = Field(default=None, ge=1)
+    """torch's intra-op threads on CPU runs; None takes OMP_NUM_THREADS when set, else picks
+    them: the cores this process may use,
+    shared by the processes of this machine, minus the cores other jobs keep busy (1-minute
+    load average at start), at least 1. Oversubscribed threads are several times slower."""
     compile: bool = True
     """`torch.compile` the model on accelerators (CPU runs eager)."""
     log_interval: int = 10
@@ -97,7 +102,13 @@ class PretrainConfig(BaseModel):
     """Weights & Biases: `auto` logs online when logged in, offline otherwise, and is
     off when the package is not installed."""
     eval_only: bool = False
-    """Run the evaluators on `+load_checkpoint` without training."""
+    """Evaluate `+load_checkpoint` without training: arch, data and settings come from the
+    checkpoint; keys given on the command line override them (e.g. other `data_paths`)."""
+    resume: Literal["auto"] | None = None
+    """What to do with a run folder that already holds a run. None: refuse it (resume with
+    `+load_checkpoint`, or pick another `+run_name`); `auto`: resume from its newest
+    checkpoint when there is one, start fresh otherwise (restarts by torchrun's elastic
+    agent or a scheduler)."""
 
     project_name: str | None = None
     """Run group (`+project_name=`); default: `<dataset>-<arch>`."""
@@ -142,6 +153,8 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> str:
     if first["type"] == "missing":
         return f"config key '{key}' is required"
     message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "list_type" and isinstance(first.get("input"), str):
+        return f"config key '{key}' takes a list: write {key}=\"[{first['input']}]\" (quotes included)"
     if not first["loc"]:
         # A check across several fields: its message names them; the input is the whole section.
         return message
@@ -163,6 +176,9 @@ def validate(model_class: type[BaseModel], values: dict[str, Any], prefix: str =
                 message += f"; did you mean '{prefix}{close[0]}'?"
         raise ConfigError(message) from None
 
+
+PLUS_KEYS = ("project_name", "run_name", "checkpoint_path", "load_checkpoint", "init_from_hf")
+"""Keys left out of the YAML on purpose: the command line adds them with a `+`."""
 
 MOVED_KEYS = {"arch.masking": "data.masking", "arch.trim_padding_to_multiple": "data.trim_padding_to_multiple"}
 """Keys that moved to another section: old prefix -> new prefix."""
@@ -191,10 +207,18 @@ def check_overrides(overrides: list[str], config_name: str = "cfg_pretrain") -> 
         where = f"override '{culprit}'" if culprit else "the command line"
         raise ConfigError(f"cannot parse {where} ({first}); write overrides as key=value") from None
     except HydraException as error:
+        appended = re.match(r"Could not append to config. An item is already at '([^']+)'", str(error))
+        if appended:
+            given = next((o for o in overrides if o.lstrip("+").split("=")[0] == appended.group(1)), "")
+            raise ConfigError(f"'{appended.group(1)}' is already a config key, so it takes no '+': write "
+                              f"{given.lstrip('+')}") from None
         match = re.match(r"Could not override '([^']+)'", str(error))
         if match is None or "not in struct" not in str(error.__cause__):
             raise ConfigError(str(error).splitlines()[0]) from None
         key = match.group(1)
+        if key in PLUS_KEYS:
+            given = next((o for o in overrides if o.split("=")[0] == key), f"{key}=...")
+            raise ConfigError(f"'{key}' is not in the YAML on purpose and is set with a '+': write +{given}") from None
         for old, new in MOVED_KEYS.items():
             if key == old or key.startswith(old + "."):
                 raise ConfigError(f"'{old}' is now '{new}' (data settings live with the data): "

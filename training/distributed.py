@@ -49,6 +49,22 @@ def init_distributed(device_preference: str = "auto") -> DistContext:
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+def choose_cpu_threads(requested: int | None) -> tuple[int, str]:
+    """(intra-op threads for a CPU run, why). `requested` wins, then OMP_NUM_THREADS; otherwise the cores this
+    process may use, shared by the processes of this machine (torchrun's LOCAL_WORLD_SIZE),
+    minus the cores other jobs keep busy (the 1-minute load average, read at start)."""
+    if requested is not None:
+        return requested, "cpu_threads"
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    free = max(1, int(cores - load + 0.5))
+    threads = max(1, min(cores, free) // processes)
+    return threads, f"{cores} cores, load {load:.1f}, {processes} process(es) here; cpu_threads=N to choose"
+
+
 def is_distributed() -> bool:
     """True inside an initialised process group of more than one rank."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -18,7 +18,9 @@ One optimiser step:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -29,7 +31,7 @@ from models.interface import StepOutput
 from training import distributed
 from training.checkpoint import save
 from training.config import PretrainConfig
-from training.metrics import MetricAccumulator, ThroughputMeter, progress_fields
+from training.metrics import MetricAccumulator, ThroughputMeter, format_record, natural_key, progress_fields
 from training.optim import learning_rate
 from training.prefetch import device_batches, to_device
 from training.signals import StopRequest
@@ -200,8 +202,9 @@ def fit(state: TrainState, ctx: RunContext) -> None:
     meter = ThroughputMeter()
     # Read ahead in a background thread on CUDA; checkpoints keep the trained batch's position.
     batches = device_batches(state.stream, ctx.dist.device)
+    saved, stopping = None, False
     try:
-        while state.step < last_step:
+        while state.step < last_step and not stopping:
             item = next(batches)
             stopping = train_step(state, ctx, item.device, stop, accumulator)
             state.stream_state = item.stream_state
@@ -212,26 +215,28 @@ def fit(state: TrainState, ctx: RunContext) -> None:
             saved = None
             if evaluations and state.step >= evaluations[0]:
                 evaluations.pop(0)
-                _log_eval(state, ctx)
-                if config.checkpoint_every_eval or state.step == last_step:
-                    saved = save(state, ctx)
-            if stopping:
-                _stop_gracefully(state, ctx, stop.signal_name, saved)
-                return
-            if state.step == last_step and ctx.dist.is_main:
-                tqdm.write(f"finished at step {state.step}; checkpoint: {saved}")
+                with meter.excluded():  # evaluation and saving are not training throughput
+                    _log_eval(state, ctx)
+                    if config.checkpoint_every_eval or state.step == last_step:
+                        saved = save(state, ctx)
+        if stopping and saved is None:
+            saved = save(state, ctx)
     finally:
         batches.close()
         stop.uninstall()
-        progress.close()
+        progress.close()  # before any closing message, so the bar is not drawn again after it
+    if ctx.dist.is_main and state.step > 0:
+        _closing_message(state, ctx, stop.signal_name if stopping else None, stopping, saved)
 
 
-def _stop_gracefully(state: TrainState, ctx: RunContext, signal_name: str | None, saved: Path | None) -> None:
-    path = saved or save(state, ctx)
-    if ctx.dist.is_main:
+def _closing_message(state: TrainState, ctx: RunContext, signal_name: str | None, stopped: bool,
+                     saved: Path | None) -> None:
+    if stopped:
         reason = signal_name or "a stop signal on another rank"
-        print(f"stopped by {reason} after step {state.step}; checkpoint {path}\n"
+        print(f"stopped by {reason} after step {state.step}; checkpoint {saved}\n"
               f"resume with the same command plus +load_checkpoint={ctx.run_dir}", flush=True)
+    elif saved is not None:
+        print(f"finished at step {state.step}; checkpoint: {saved}", flush=True)
 
 
 def _log_train(state: TrainState, ctx: RunContext, accumulator: MetricAccumulator, meter: ThroughputMeter,
@@ -249,6 +254,21 @@ def _log_eval(state: TrainState, ctx: RunContext) -> dict[str, float]:
     metrics = evaluate(state, ctx)
     if ctx.logger is not None and metrics:
         ctx.logger.log(state.step, metrics)
-        summary = ", ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items()) if math.isfinite(value))
+        ordered = sorted(metrics.items(), key=lambda item: natural_key(item[0]))
+        summary = ", ".join(f"{key}={value:.4f}" for key, value in ordered if math.isfinite(value))
         tqdm.write(f"eval at step {state.step}: {summary}")
     return metrics
+
+
+def record_evaluation(ctx: RunContext, step: int, checkpoint, metrics: dict[str, float]) -> None:
+    """Print an `eval_only` result and append it to `<run>/evaluations.jsonl` (not to the
+    training curve): what was evaluated, on what data, and the metrics."""
+    for name, value in sorted(metrics.items(), key=lambda item: natural_key(item[0])):
+        print(f"{name}: {value:.6f}")
+    record = {"step": step, "time": time.time(), "checkpoint": str(checkpoint), "data_paths": ctx.eval_paths,
+              "global_batch_size": ctx.config.global_batch_size, "world_size": ctx.dist.world_size,
+              **format_record(metrics)}
+    path = ctx.run_dir / "evaluations.jsonl"
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(json.dumps(record) + "\n")
+    print(f"appended to {path}", flush=True)

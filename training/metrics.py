@@ -17,10 +17,13 @@ missing; `wandb=disabled` turns it off. Training never fails because of wandb.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +50,7 @@ class MetricsLogger:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Record `metrics` at optimiser step `step`."""
         record = {"step": step, "time": time.time()}
-        record.update({name: _json_number(value) for name, value in metrics.items()})
+        record.update(format_record(metrics))
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.wandb_run is not None:
@@ -155,6 +158,15 @@ class ThroughputMeter:
         self.examples += counts["examples"] * world_size
         self.tokens += counts["tokens"] * world_size
 
+    @contextlib.contextmanager
+    def excluded(self) -> Iterator[None]:
+        """Leave the time spent inside the block out of the rates (evaluation, saving)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - start
+
     def report(self) -> dict[str, float]:
         """Rates since the last report; starts a new interval."""
         elapsed = max(time.perf_counter() - self.start, 1e-9)
@@ -163,6 +175,16 @@ class ThroughputMeter:
             rates["train/tokens_per_s"] = self.tokens / elapsed
         self.__init__()
         return rates
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders numbers inside names by value: pass@2 before pass@10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def format_record(metrics: dict[str, float]) -> dict[str, float | str]:
+    """Metric values as JSON can hold them (non-finite values as strings)."""
+    return {name: _json_number(value) for name, value in metrics.items()}
 
 
 def progress_fields(metrics: dict[str, float], main_loss: str) -> dict[str, str]:

@@ -240,8 +240,8 @@ def iter_mlm_eval_batches(
 ) -> EvalBatches:
     """The test split once, in order, as ("all", this rank's slice) with a fixed mask.
 
-    The mask of a global batch depends only on `seed` and the batch's first row, so every
-    evaluation round sees the same masks. The last global batch is filled with rows
+    The mask of a sequence depends only on `seed` and its row, so every evaluation round
+    sees the same masks whatever the batch size and the number of processes. The last global batch is filled with rows
     `[CLS] [SEP]` that carry no label (MLM labels and NSP label -100).
     """
     rank_rows(global_batch_size, rank, world_size)  # refuses a batch that does not split
@@ -269,8 +269,8 @@ def _eval_batches(
         if masker is None:
             masked, labels = stored["masked"], stored["labels"]
         else:
-            draws = masker.draw(seeded_rng(seed, EVAL_MASK_STREAM_KEY, start), (global_batch_size, metadata.seq_len))
-            masked, labels = masker.apply(stored["ids"], draws.rows(first, stop))
+            draws = masker.draw_for_rows(seed, EVAL_MASK_STREAM_KEY, rows, metadata.seq_len)
+            masked, labels = masker.apply(stored["ids"], draws)
         yield "all", _model_batch(stored, masked, labels, metadata)
 
 

@@ -82,6 +82,18 @@ class Masker:
         """All random numbers for a batch of `shape`, drawn in a fixed order."""
         return MaskDraws(keys=rng.integers(0, 2**40, size=shape, dtype=np.int64), choice=rng.random(shape))
 
+    @staticmethod
+    def draw_for_rows(seed: int, key: int, rows: np.ndarray, length: int) -> MaskDraws:
+        """Draws that depend only on (seed, key, row, position): a row's mask is the same
+        whatever batch, batch size or rank it is served in (evaluation uses this)."""
+        base = _mix64(np.uint64(seed) * np.uint64(0x100000001B3) ^ np.uint64(key))  # 0-d uint64
+        row_base = _mix64(base ^ np.asarray(rows, dtype=np.uint64))  # (B,)
+        counters = row_base[:, None] + np.arange(2 * length, dtype=np.uint64)[None, :]  # (B, 2L)
+        bits = _mix64(counters)
+        keys = (bits[:, 0::2] >> np.uint64(24)).astype(np.int64)  # 40-bit numbers
+        choice = (bits[:, 1::2] >> np.uint64(11)).astype(np.float64) * 2.0**-53  # uniform in [0, 1)
+        return MaskDraws(keys=keys, choice=choice)
+
     def __call__(self, input_ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(masked input ids, labels), both int64 (B, L), for a batch of ids (B, L)."""
         return self.apply(input_ids, self.draw(rng, input_ids.shape))
@@ -114,6 +126,15 @@ class Masker:
         previous_maskable = np.zeros_like(maskable)
         previous_maskable[:, 1:] = maskable[:, :-1]
         return maskable & (~self.continuation[input_ids] | ~previous_maskable)
+
+
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijective scramble of uint64 values (wraps modulo 2**64)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(values, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 def _order_keys(random_keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, int]:
