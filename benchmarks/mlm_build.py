@@ -23,6 +23,7 @@ from pathlib import Path
 
 from benchmarks import common
 from benchmarks.bert_train import tokenizer_dir
+from core.cli import argument_parser
 from core.errors import UserError, run_cli
 
 CHUNK_CHARACTERS = 1 << 20
@@ -31,7 +32,7 @@ CHUNK_CHARACTERS = 1 << 20
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options of the benchmark and of its workers."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 10], help="corpus repetitions to time")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")

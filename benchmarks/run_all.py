@@ -6,15 +6,14 @@
 
 from __future__ import annotations
 
-import argparse
-
 from benchmarks import bert_train, mlm_build, trm_train
+from core.cli import argument_parser
 from core.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run bert_train, mlm_build and trm_train with their defaults for `--device`."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every benchmark")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")

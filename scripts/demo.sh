@@ -39,8 +39,10 @@ demo_bert() {
     python - <<'PY'
 from transformers import pipeline
 fill = pipeline("fill-mask", model="checkpoints/demo/bert-hf")
-for guess in fill("Return the [MASK] of the list.")[:3]:
-    print(f"  {guess['token_str']!r}: {guess['score']:.3f}")
+sentence = "Return the [MASK] of the list."
+print(f"  filling: {sentence}")
+for guess in fill(sentence)[:3]:
+    print(f"  {guess['sequence']!r}  (score {guess['score']:.3f})")
 PY
   fi
 }

@@ -33,3 +33,13 @@ def test_interleaved_rounds_alternate_the_order(monkeypatch):
     assert calls == ["a", "b", "b", "a", "a", "b"]
     assert [r["rate"] for r in results["a"]] == [1.0, 4.0, 5.0]
     assert common.median_of(results["b"], "rate") == 3.0
+
+
+def test_the_trm_benchmark_drives_the_engine_step():
+    """The benchmark builds the engine's step the way `fit` runs it (so a change to the
+    engine that breaks it fails here, not on the next benchmark run)."""
+    from benchmarks import trm_train
+
+    args = trm_train.parse_args(["--size", "test", "--steps", "1", "--warmup", "0", "--rounds", "1", "--no-record"])
+    result = trm_train.ours_worker(args, "test", 4)
+    assert result["examples_per_s"] > 0

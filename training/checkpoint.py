@@ -237,8 +237,9 @@ def restore(state: TrainState, ctx: RunContext, path: Path) -> None:
     load_model_state(state, ctx, checkpoint.model, path)
     load_optimizer_states(state, checkpoint.optimizers)
     load_ema_state(state, ctx, checkpoint.ema)
-    load_carry(state, ctx, checkpoint.carry)
-    load_train_counters(state, checkpoint.train_state)
+    if not ctx.config.eval_only:  # evaluation needs neither the carry nor the training data's position
+        load_carry(state, ctx, checkpoint.carry)
+    load_train_counters(state, checkpoint.train_state, with_stream=not ctx.config.eval_only)
     load_rng_states(ctx, checkpoint.rng)
 
 
@@ -315,10 +316,11 @@ def train_counters(state: TrainState, ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def load_train_counters(state: TrainState, saved: dict[str, Any]) -> None:
+def load_train_counters(state: TrainState, saved: dict[str, Any], with_stream: bool = True) -> None:
     """Counterpart of `train_counters`: the stream continues after the last trained batch."""
-    state.stream.load_state_dict(saved["stream"])
-    state.stream_state = state.stream.state_dict()
+    if with_stream:
+        state.stream.load_state_dict(saved["stream"])
+        state.stream_state = state.stream.state_dict()
     state.step = int(saved["step"])
     state.nonfinite_total = int(saved.get("nonfinite_total", 0))
 

@@ -212,6 +212,8 @@ def fit(state: TrainState, ctx: RunContext) -> None:
             progress.update(1)
             if state.step % config.log_interval == 0 or state.step == last_step or stopping:
                 _log_train(state, ctx, accumulator, meter, progress)
+            if state.step == last_step or stopping:
+                progress.close()  # its last line stays; what follows is printed below it, once
             saved = None
             if evaluations and state.step >= evaluations[0]:
                 evaluations.pop(0)

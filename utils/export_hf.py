@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
+from core.cli import argument_parser
 from core.errors import UserError, run_cli
 from core.files import atomic_folder, write_json
 from models.bert.config import BertConfig
@@ -31,7 +32,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spec
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder written by pretrain.py")
     parser.add_argument("--output-dir", required=True, help="folder to create for the transformers model")
     parser.add_argument(

@@ -9,9 +9,9 @@ panel per metric. Needs matplotlib (`pip install matplotlib`).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from core.cli import argument_parser
 from core.errors import UserError, run_cli
 from training.metrics import read_metrics
 
@@ -30,6 +30,26 @@ def series(records: list[dict], name: str) -> tuple[list[int], list[float]]:
     """(steps, values) of one metric; records without it are skipped."""
     points = [(r["step"], r[name]) for r in records if isinstance(r.get(name), (int, float))]
     return [step for step, _ in points], [value for _, value in points]
+
+
+def y_label(name: str) -> str:
+    """What a metric's values are: its own name, with the unit when it has one."""
+    kind = name.split("/")[-1]
+    if "accuracy" in kind or "pass@" in kind:
+        return f"{kind} (fraction)"
+    if kind.endswith("_per_s"):
+        return kind.replace("_per_s", " per second")
+    return kind
+
+
+def draw(axis, name: str, steps: list[int], values: list[float], last_step: int) -> None:
+    """One metric's curve; the x axis always spans the whole run (step 0 to the last logged)."""
+    axis.plot(steps, values, marker="." if len(steps) < 30 else None)
+    axis.set_title(name)
+    axis.set_xlabel("step")
+    axis.set_ylabel(y_label(name))
+    axis.set_xlim(0, max(last_step, 1) * 1.02)
+    axis.grid(alpha=0.3)
 
 
 def plot(run_dir: Path, names: list[str] | None, output: Path) -> Path:
@@ -52,12 +72,9 @@ def plot(run_dir: Path, names: list[str] | None, output: Path) -> Path:
     columns = min(3, len(names))
     rows = (len(names) + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.5 * rows), squeeze=False)
+    last_step = max(record["step"] for record in records)
     for axis, name in zip(axes.flat, names):
-        steps, values = series(records, name)
-        axis.plot(steps, values, marker="." if len(steps) < 30 else None)
-        axis.set_title(name)
-        axis.set_xlabel("step")
-        axis.grid(alpha=0.3)
+        draw(axis, name, *series(records, name), last_step)
     for axis in list(axes.flat)[len(names):]:
         axis.axis("off")
     figure.suptitle(run_dir.name)
@@ -68,7 +85,7 @@ def plot(run_dir: Path, names: list[str] | None, output: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("run_dir", type=Path, help="run folder holding metrics.jsonl")
     parser.add_argument("--metrics", nargs="+", help="metric names (default: losses and accuracies)")
     parser.add_argument("--output", type=Path, help="PNG path (default: <run_dir>/metrics.png)")

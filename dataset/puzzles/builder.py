@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from core.cli import argument_parser
 from core.errors import UserError
 from core.files import atomic_folder, write_json
 from dataset.puzzles.format import write_single_example_split
@@ -198,7 +199,7 @@ class SingleExampleBuilder:
 
     def parse_args(self, argv: list[str] | None = None) -> argparse.Namespace:
         """The common flags (TRM's plus offline generation) and the builder's own, checked."""
-        parser = argparse.ArgumentParser(description=self.description)
+        parser = argument_parser(self.description)
         noun = self.noun
         parser.add_argument("--source-dir", help="folder with train.csv and test.csv (source,question,answer,rating)")
         parser.add_argument("--output-dir", default=self.default_output, help="dataset folder to write")
