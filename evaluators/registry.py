@@ -13,9 +13,12 @@ from pydantic import BaseModel, ValidationError
 from core.errors import UserError
 from evaluators.arc import ARCEvaluator, ARCEvaluatorConfig
 from evaluators.base import Evaluator
+from evaluators.classification import ClassificationEvaluator, ClassificationEvaluatorConfig
 
 EVALUATORS: dict[str, tuple[type[BaseModel], Callable[[list[str], BaseModel], Evaluator]]] = {
     "arc": (ARCEvaluatorConfig, lambda data_paths, config: ARCEvaluator(data_paths[0], config)),
+    "classification": (ClassificationEvaluatorConfig,
+                       lambda data_paths, config: ClassificationEvaluator(data_paths[0], config)),
 }
 """Short name -> (options model, builder taking the data paths and the validated options)."""
 
