@@ -97,7 +97,7 @@ def load_puzzle_arrays(folder: Path, split: str) -> dict[str, np.ndarray]:
 
 
 FINETUNE_WORDS = ("the a cat dog sat on mat ran fast slow big small red blue green tree house who what where "
-                  "is was in of to and new york paris london city river alice bob went lives").split()
+                  "is was in of to and new york paris london city river alice bob went lives run").split()
 """Whole words of the fine-tuning tests' vocabulary (`write_wordpiece_vocab`)."""
 
 
