@@ -11,6 +11,8 @@ from pathlib import Path
 from core.errors import ConfigError
 from dataset.puzzles import loader as puzzles
 from dataset.stream import DataKind, EvalBatches, TrainStream
+from dataset.tasks import loader as tasks
+from dataset.tasks.format import load_task_metadata
 from dataset.text import loader as text
 from dataset.text.format import load_mlm_metadata
 
@@ -37,6 +39,26 @@ def _mlm_eval_batches(paths, options: text.MLMDataOptions, seed, global_batch_si
     return text.iter_mlm_eval_batches(paths, global_batch_size, rank, world_size, options.masking, seed)
 
 
+def _task_train_stream(paths, options: tasks.TaskDataOptions, seed, global_batch_size, rank, world_size) -> TrainStream:
+    return tasks.TaskTrainStream(paths, options, seed, global_batch_size, rank, world_size)
+
+
+def _task_eval_batches(paths, options: tasks.TaskDataOptions, _seed, global_batch_size, rank, world_size) -> EvalBatches:
+    return tasks.iter_task_eval_batches(paths, options, global_batch_size, rank, world_size)
+
+
+TASK_EVALUATORS = {
+    "classification": "classification", "regression": "classification",
+    "token_classification": "ner", "question_answering": "squad",
+}
+"""The evaluator each fine-tuning task is scored with."""
+
+
+def _task_evaluators(paths: list[str]) -> list[dict]:
+    """The task's benchmark metrics, with predictions written next to the run."""
+    return [{"name": TASK_EVALUATORS[load_task_metadata(paths[:1]).task]}]
+
+
 DATA_KINDS: dict[str, DataKind] = {
     "puzzle": DataKind(
         name="puzzle", options_class=puzzles.PuzzleDataOptions,
@@ -46,6 +68,10 @@ DATA_KINDS: dict[str, DataKind] = {
     "mlm": DataKind(
         name="mlm", options_class=text.MLMDataOptions, load_metadata=load_mlm_metadata,
         train_stream=_mlm_train_stream, eval_batches=_mlm_eval_batches, default_evaluators=lambda paths: [],
+    ),
+    "task": DataKind(
+        name="task", options_class=tasks.TaskDataOptions, load_metadata=load_task_metadata,
+        train_stream=_task_train_stream, eval_batches=_task_eval_batches, default_evaluators=_task_evaluators,
     ),
 }
 

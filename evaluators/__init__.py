@@ -1,1 +1,1 @@
-"""Evaluation procedures beyond the loss metrics (ARC voting); `registry` lists them."""
+"""Evaluation procedures beyond the loss metrics (ARC voting, the fine-tuning benchmarks' metrics); `registry` lists them."""

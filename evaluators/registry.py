@@ -13,9 +13,16 @@ from pydantic import BaseModel, ValidationError
 from core.errors import UserError
 from evaluators.arc import ARCEvaluator, ARCEvaluatorConfig
 from evaluators.base import Evaluator
+from evaluators.classification import ClassificationEvaluator, ClassificationEvaluatorConfig
+from evaluators.ner import NEREvaluator, NEREvaluatorConfig
+from evaluators.squad import SquadEvaluator, SquadEvaluatorConfig
 
 EVALUATORS: dict[str, tuple[type[BaseModel], Callable[[list[str], BaseModel], Evaluator]]] = {
     "arc": (ARCEvaluatorConfig, lambda data_paths, config: ARCEvaluator(data_paths[0], config)),
+    "classification": (ClassificationEvaluatorConfig,
+                       lambda data_paths, config: ClassificationEvaluator(data_paths[0], config)),
+    "ner": (NEREvaluatorConfig, lambda data_paths, config: NEREvaluator(data_paths[0], config)),
+    "squad": (SquadEvaluatorConfig, lambda data_paths, config: SquadEvaluator(data_paths[0], config)),
 }
 """Short name -> (options model, builder taking the data paths and the validated options)."""
 

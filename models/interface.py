@@ -132,3 +132,7 @@ class ArchPlugin:
     """(HF folder, arch config) -> arch config sized like the HF model (`+init_from_hf`)."""
     hf_load: Callable[[TrainModule, str], Any] | None = None
     """(model, HF folder) -> loads the HF weights into the model; returns a report."""
+    checkpoint_config: Callable[[dict, int, Any], Any] | None = None
+    """(the `arch` section of a checkpoint's run config, its vocabulary size, arch config) ->
+    arch config sized like that checkpoint (`+init_from`, which then loads the weights whose
+    names and shapes match)."""

@@ -14,6 +14,7 @@ from models.interface import ArchPlugin
 ARCHITECTURES: dict[str, ArchPlugin] = {
     "trm": trm.PLUGIN,
     "bert": bert.PLUGIN,
+    **bert.TASK_PLUGINS,  # bert_cls, bert_ner, bert_qa
 }
 
 

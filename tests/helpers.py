@@ -94,3 +94,34 @@ def load_puzzle_arrays(folder: Path, split: str) -> dict[str, np.ndarray]:
     """The arrays of set `all` of one split of a puzzle dataset."""
     names = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
     return {name: np.load(folder / split / f"all__{name}.npy", allow_pickle=False) for name in names}
+
+
+FINETUNE_WORDS = ("the a cat dog sat on mat ran fast slow big small red blue green tree house who what where "
+                  "is was in of to and new york paris london city river alice bob went lives run").split()
+"""Whole words of the fine-tuning tests' vocabulary (`write_wordpiece_vocab`)."""
+
+
+def write_wordpiece_vocab(folder: Path) -> Path:
+    """A BERT `vocab.txt` (lowercase) with whole words, a few `##` pieces and punctuation."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FINETUNE_WORDS, "##s", "##ing", "##er", ".", ",", "?", "'", '"']
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text('{"do_lower_case": true}', encoding="utf-8")
+    return folder / "vocab.txt"
+
+
+def make_cls_files(folder: Path, num_train: int = 64, num_dev: int = 24, seed: int = 0) -> tuple[Path, Path]:
+    """train.tsv and dev.tsv of a learnable task: label 1 when the sentence mentions a cat."""
+    rng = np.random.default_rng(seed)
+    words = "the a cat dog sat on mat ran fast slow big small red blue green tree house".split()
+    paths = []
+    for name, count in (("train", num_train), ("dev", num_dev)):
+        lines = ["sentence\tlabel"]
+        for _ in range(count):
+            sentence = list(rng.choice(words, size=rng.integers(3, 9)))
+            lines.append(f"{' '.join(sentence)}\t{int('cat' in sentence)}")
+        path = folder / f"{name}.tsv"
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths[0], paths[1]

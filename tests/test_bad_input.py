@@ -278,7 +278,7 @@ def test_pretrain_bad_input(case, runs, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (["arch=foo"], "unknown arch 'foo'; choose one of: bert, bert_large, bert_tiny, trm"),
+    (["arch=foo"], "unknown arch 'foo'; choose one of: bert, bert_cls, bert_large, bert_ner, bert_qa, bert_tiny, trm"),
     (["lrr=1"], "unknown config key 'lrr'; check the spelling (known keys are in config/*.yaml); did you mean 'lr'?"),
     (["arch=bert_tiny", "data.masking.mask_pro=0.1"], "unknown config key 'data.masking.mask_pro'; check the spelling "
      "(known keys are in config/*.yaml); did you mean 'data.masking.mask_prob'?"),
@@ -329,7 +329,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["pretrain.py", "arch=foo"], "error: unknown arch 'foo'; choose one of: bert, bert_large, bert_tiny, trm"),
+    (["pretrain.py", "arch=foo"], "error: unknown arch 'foo'; choose one of: bert, bert_cls, bert_large, bert_ner, bert_qa, bert_tiny, trm"),
     (["pretrain.py", "arch=trm", "data_paths=[/nonexistent/sudoku]", "evaluators=[]", "epochs=10", "eval_interval=5"],
      "error: dataset folder /nonexistent/sudoku not found; build it with dataset/build_*_dataset.py or fix the path"),
     (["dataset/build_sudoku_dataset.py", "--source-dir", "/nonexistent"],

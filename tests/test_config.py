@@ -81,7 +81,7 @@ def test_bad_arch_values(overrides, message):
 
 
 def test_unknown_arch_name_lists_known():
-    with pytest.raises(ConfigError, match="known architectures: bert, trm"):
+    with pytest.raises(ConfigError, match="known architectures: bert, bert_cls, bert_ner, bert_qa, trm"):
         get_arch("gpt")
 
 

@@ -26,6 +26,7 @@ from training.checkpoint import find_latest, resolve_checkpoint, restore
 from training.config import PretrainConfig, validate
 from training.distributed import DistContext
 from training.ema import EMA
+from training.init_from import starting_point
 from training.metrics import MetricsLogger
 from training.optim import build_optimizers
 from training.state import RunContext, TrainState
@@ -78,7 +79,9 @@ def eval_only_config(config: PretrainConfig, composed: dict[str, Any], overrides
         raise ConfigError("eval_only=true needs +load_checkpoint=PATH (a run folder or a step_<N> folder)")
     checkpoint = resolve_checkpoint(config.load_checkpoint, None)
     saved = _read_saved_config(checkpoint)
-    merged = {**saved, "eval_only": True, "load_checkpoint": config.load_checkpoint, "resume": None}
+    # The weights come from the checkpoint, whose arch section is already sized: no starting point.
+    merged = {**saved, "eval_only": True, "load_checkpoint": config.load_checkpoint, "resume": None,
+              "init_from": None, "init_from_hf": None}
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if key == "arch":
@@ -130,6 +133,8 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
     metadata = data_kind.load_metadata(config.data_paths)
     if config.init_from_hf:
         arch_config = _hf_sized_config(config, plugin, arch_config, metadata)
+    start = starting_point(config.init_from, plugin, arch_config, metadata) if config.init_from else None
+    arch_config = start.arch_config if start else arch_config
     torch.manual_seed(config.seed)
     model = plugin.build(arch_config, metadata).to(dist.device)
     if config.init_from_hf:
@@ -138,6 +143,10 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
             print(f"initialised from {config.init_from_hf}: {len(report.loaded)} tensors loaded; "
                   f"freshly initialised: {', '.join(report.missing) or 'none'}; "
                   f"ignored: {', '.join(report.unused) or 'none'}", flush=True)
+    if start is not None:
+        banner = start.load(model).banner()
+        if dist.is_main:
+            print(banner, flush=True)
     optimizer, sparse_optimizer = build_optimizers(
         plugin.param_groups(model, config.weight_decay), config.optimizer, config.lr, (config.beta1, config.beta2),
         config.freeze_weights, config.puzzle_emb_lr, config.puzzle_emb_weight_decay,
@@ -145,6 +154,9 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
     stream = data_kind.train_stream(config.data_paths, data_options, config.seed, config.global_batch_size,
                                     dist.rank, dist.world_size)
     steps_per_epoch = stream.examples_per_epoch / config.global_batch_size
+    if config.lr_warmup_ratio is not None:  # a fraction of the whole run, known only now
+        config = config.model_copy(update={"lr_warmup_steps": round(
+            config.lr_warmup_ratio * max(1, int(config.epochs * steps_per_epoch)))})
     state = TrainState(
         model=model, forward=model, optimizer=optimizer, sparse_optimizer=sparse_optimizer,
         ema=EMA(model, config.ema_rate) if config.ema else None, stream=stream, stream_state=stream.state_dict(),

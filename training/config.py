@@ -62,6 +62,9 @@ class PretrainConfig(BaseModel):
     """Final learning rate as a fraction of `lr` (1.0: constant after warmup)."""
     lr_warmup_steps: int = 2000
     """Steps of linear warmup from 0."""
+    lr_warmup_ratio: float | None = None
+    """Warmup as a fraction of the run's steps (fine-tuning uses 0.1); when set it replaces
+    `lr_warmup_steps`, which the run's saved config then shows."""
     lr_schedule: Literal["cosine", "linear"] = "cosine"
     """Shape of the decay after warmup."""
     beta1: float = 0.9
@@ -120,6 +123,9 @@ class PretrainConfig(BaseModel):
     """Resume from a checkpoint folder, a run folder or `latest` (`+load_checkpoint=`)."""
     init_from_hf: str | None = None
     """Start BERT from a Hugging Face `transformers` checkpoint folder (`+init_from_hf=`)."""
+    init_from: str | None = None
+    """Start from the weights of this project's checkpoint, a run or step_N folder (`+init_from=`):
+    sizes from its config, matching tensors loaded, the rest fresh (e.g. fine-tuning heads)."""
 
     @model_validator(mode="after")
     def _check_consistency(self) -> PretrainConfig:
@@ -139,6 +145,10 @@ class PretrainConfig(BaseModel):
             raise ValueError("data_paths is empty; pass data_paths=\"[path/to/dataset]\"")
         if self.eval_only and not self.load_checkpoint:
             raise ValueError("eval_only=true needs +load_checkpoint=PATH")
+        if self.init_from and self.init_from_hf:
+            raise ValueError("+init_from and +init_from_hf both name starting weights; keep one")
+        if self.lr_warmup_ratio is not None and not 0.0 <= self.lr_warmup_ratio < 1.0:
+            raise ValueError(f"lr_warmup_ratio must be in [0, 1) or null, got {self.lr_warmup_ratio}")
         if not 0.0 <= self.ema_rate < 1.0:
             raise ValueError(f"ema_rate must be in [0, 1), got {self.ema_rate}")
         return self

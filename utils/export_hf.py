@@ -5,7 +5,9 @@
 
 The output holds `config.json`, `model.safetensors` and the tokenizer files, and loads with
 `transformers.BertForMaskedLM.from_pretrained(DIR)` (`BertForPreTraining` when NSP was
-trained) and `AutoTokenizer.from_pretrained(DIR)`. The EMA weights are exported when the
+trained; `BertForSequenceClassification`, `BertForTokenClassification` or
+`BertForQuestionAnswering` for a run of `arch=bert_cls`, `bert_ner` or `bert_qa`, with the
+dataset's label names) and `AutoTokenizer.from_pretrained(DIR)`. The EMA weights are exported when the
 checkpoint has them, unless `--weights raw`.
 """
 
@@ -22,8 +24,8 @@ from safetensors.torch import load_file, save_file
 from core.cli import argument_parser
 from core.errors import UserError, run_cli
 from core.files import atomic_folder, write_json
-from models.bert.config import BertConfig
-from models.bert.hf import hf_config_dict, to_hf_state_dict
+from models.bert.config import TASK_ARCHS, BertConfig, BertTaskConfig
+from models.bert.hf import HF_TASK_CLASSES, hf_config_dict, to_hf_state_dict, to_hf_task_state_dict
 from training.checkpoint import resolve_checkpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -51,14 +53,16 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def read_bert_config(checkpoint: Path) -> BertConfig:
-    """The `arch` section of the checkpoint's run config, which must be a BERT."""
+    """The `arch` section of the checkpoint's run config, which must be a BERT (or a BERT
+    with a fine-tuning head)."""
     run_config = _read_json(checkpoint / "config.json", "run config")
     arch = run_config.get("arch")
-    if not isinstance(arch, dict) or arch.get("name") != "bert":
-        name = arch.get("name") if isinstance(arch, dict) else None
-        raise UserError(f"{checkpoint} holds a {name!r} model, not BERT; only arch=bert checkpoints can be exported")
+    name = arch.get("name") if isinstance(arch, dict) else None
+    if name != "bert" and name not in TASK_ARCHS:
+        known = ", ".join(("bert", *TASK_ARCHS))
+        raise UserError(f"{checkpoint} holds a {name!r} model, not BERT; only arch={known} checkpoints can be exported")
     try:
-        return BertConfig.model_validate(arch)
+        return (BertTaskConfig if name in TASK_ARCHS else BertConfig).model_validate(arch)
     except ValidationError as error:
         first = error.errors()[0]
         raise UserError(f"{checkpoint}/config.json: arch.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
@@ -100,14 +104,42 @@ def export(checkpoint: Path, output_dir: Path, weights: str | None = None, overw
     if missing:
         raise UserError(f"{checkpoint}/dataset.json lacks {missing}; is it the metadata of an MLM dataset?")
     vocab_size = config.resolved_vocab_size(dataset["vocab_size"])
-    with_nsp = config.loss.use_nsp
-    hf_state = to_hf_state_dict(load_file(weights_file(checkpoint, weights)), config, vocab_size, with_nsp)
-    architecture = "BertForPreTraining" if with_nsp else "BertForMaskedLM"
+    state = load_file(weights_file(checkpoint, weights))
+    if isinstance(config, BertTaskConfig):
+        hf_state = to_hf_task_state_dict(state, config, vocab_size)
+        hf_config = {**hf_config_dict(config, vocab_size, dataset["pad_id"], [HF_TASK_CLASSES[config.name]]),
+                     **task_fields(config, dataset)}
+    else:
+        with_nsp = config.loss.use_nsp
+        hf_state = to_hf_state_dict(state, config, vocab_size, with_nsp)
+        architecture = "BertForPreTraining" if with_nsp else "BertForMaskedLM"
+        hf_config = hf_config_dict(config, vocab_size, dataset["pad_id"], [architecture])
     with atomic_folder(output_dir, overwrite=overwrite) as folder:
-        write_json(folder / "config.json", hf_config_dict(config, vocab_size, dataset["pad_id"], [architecture]))
+        write_json(folder / "config.json", hf_config)
         save_file(hf_state, folder / "model.safetensors", metadata={"format": "pt"})
         copy_tokenizer(checkpoint, folder)
     return output_dir
+
+
+def task_fields(config: BertTaskConfig, dataset: dict) -> dict:
+    """`config.json` keys of a fine-tuning head: label names (so the outputs say what they
+    are), the regression problem type, the classifier dropout."""
+    task = dataset.get("task")
+    labels = dataset.get("labels") or []
+    if config.name == "bert_qa":
+        names = ["start", "end"]
+    elif task == "regression":
+        names = ["score"]
+    else:
+        names = labels
+    fields = {"id2label": {str(i): name for i, name in enumerate(names)},
+              "label2id": {name: i for i, name in enumerate(names)},
+              "classifier_dropout": config.classifier_dropout}
+    if task == "regression":
+        fields["problem_type"] = "regression"
+    elif task == "classification":
+        fields["problem_type"] = "single_label_classification"
+    return fields
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -114,3 +114,50 @@ class BertConfig(ArchConfig):
     def resolved_vocab_size(self, dataset_vocab_size: int) -> int:
         """The model's vocabulary: `vocab_size` when set, else the dataset's."""
         return dataset_vocab_size if self.vocab_size is None else self.vocab_size
+
+
+TASK_ARCHS = ("bert_cls", "bert_ner", "bert_qa")
+"""The fine-tuning architectures: sequence classification/regression, token
+classification, extractive question answering."""
+
+SIZE_FIELDS = (
+    "num_layers", "hidden_size", "num_heads", "expansion", "max_position_embeddings", "vocab_size",
+    "type_vocab_size", "layer_norm_eps", "initializer_range", "pad_vocab_to_multiple",
+)  # fmt: skip
+"""The fields that shape the weights: a fine-tuning run takes them from its starting checkpoint."""
+
+
+class BertTaskConfig(BertConfig):
+    """BERT with a fine-tuning head (`arch=bert_cls`, `bert_ner`, `bert_qa`).
+
+    The encoder fields are `BertConfig`'s; with `+init_from` or `+init_from_hf` the sizes
+    come from the starting checkpoint. The number of labels comes from the dataset.
+    """
+
+    name: Literal["bert_cls", "bert_ner", "bert_qa"]  # type: ignore[assignment]
+    """Which head: [CLS] classification/regression, per-token classification, or answer spans."""
+    loss: None = None  # type: ignore[assignment]
+    """The pretraining loss section does not apply (the presets set it to null); the head
+    decides the loss: cross-entropy, mean squared error for regression datasets, or the
+    mean of the start and end cross-entropies."""
+    classifier_dropout: float | None = None
+    """Dropout before the classifier (`bert_cls`, `bert_ner`); None uses `hidden_dropout_prob`,
+    as `transformers` does."""
+
+    @model_validator(mode="after")
+    def _check_classifier_dropout(self) -> BertTaskConfig:
+        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(f"arch.classifier_dropout must be in [0, 1) or null, got {self.classifier_dropout}")
+        return self
+
+    @property
+    def head_dropout(self) -> float:
+        """The dropout applied before the classifier."""
+        return self.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
+
+    def sized_like(self, arch: dict, vocab_size: int) -> BertTaskConfig:
+        """This config with the weight-shaping fields of a checkpoint's `arch` section
+        (`vocab_size` resolved to `vocab_size` when the checkpoint left it to its dataset)."""
+        updates = {key: arch[key] for key in SIZE_FIELDS if key in arch}
+        updates["vocab_size"] = updates.get("vocab_size") or vocab_size
+        return type(self).model_validate({**self.model_dump(), **updates})

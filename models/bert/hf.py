@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from core.errors import UserError
 from models.bert.config import BertConfig
-from models.bert.model import Bert
+from models.bert.model import BertEncoder
 
 COMPILE_PREFIX = "_orig_mod."
 """Prefix that `torch.compile` adds to state-dict keys of a compiled module."""
@@ -75,9 +75,31 @@ def _qkv_names(layer: int, kind: str) -> tuple[str, list[str]]:
     return ours, [f"encoder.layer.{layer}.attention.self.{part}.{kind}" for part in QKV_PARTS]
 
 
+TASK_HEADS = {
+    "classifier.weight": "classifier.weight",
+    "classifier.bias": "classifier.bias",
+    "qa_outputs.weight": "qa_outputs.weight",
+    "qa_outputs.bias": "qa_outputs.bias",
+}
+"""The fine-tuning heads (`models.bert.tasks`), named as in `transformers`."""
+
+HF_TASK_CLASSES = {
+    "bert_cls": "BertForSequenceClassification",
+    "bert_ner": "BertForTokenClassification",
+    "bert_qa": "BertForQuestionAnswering",
+}
+"""The `transformers` class of each fine-tuning architecture."""
+
+
 def _with_bert_prefix(name: str) -> str:
-    """Full Hugging Face name: everything but the `cls.` heads lives under `bert.`."""
-    return name if name.startswith("cls.") else f"bert.{name}"
+    """Full Hugging Face name: everything but the heads lives under `bert.`."""
+    return name if name.startswith(("cls.", "classifier.", "qa_outputs.")) else f"bert.{name}"
+
+
+def _all_name_pairs(num_layers: int) -> dict[str, str]:
+    """Every parameter name any of our BERT models may have -> its Hugging Face name
+    without `bert.` (QKV weights excluded)."""
+    return {**_name_pairs(num_layers, with_nsp=True), **TASK_HEADS}
 
 
 def strip_compile_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -122,6 +144,31 @@ def to_hf_state_dict(
             ours, names = _qkv_names(layer, kind)
             for name, part in zip(names, state[ours].chunk(3, dim=0)):  # 3 x (H, ...)
                 hf_state[_with_bert_prefix(name)] = part
+    return {name: tensor.detach().clone().contiguous() for name, tensor in hf_state.items()}
+
+
+def to_hf_task_state_dict(
+    model_state: dict[str, torch.Tensor], config: BertConfig, vocab_size: int
+) -> dict[str, torch.Tensor]:
+    """A fine-tuned model's state dict -> tensors of its `transformers` class (`HF_TASK_CLASSES`):
+    QKV split, the padded vocabulary rows dropped, names prefixed as `transformers` has them."""
+    state = strip_compile_prefix(model_state)
+    pairs = _all_name_pairs(config.num_layers)
+    hf_state = {}
+    for layer in range(config.num_layers):
+        for kind in ("weight", "bias"):
+            ours, names = _qkv_names(layer, kind)
+            if ours not in state:
+                raise UserError(f"checkpoint weights do not match arch (num_layers={config.num_layers}): missing {ours}")
+            for name, part in zip(names, state.pop(ours).chunk(3, dim=0)):  # 3 x (H, ...)
+                hf_state[_with_bert_prefix(name)] = part
+    unknown = sorted(set(state) - set(pairs))
+    if unknown:
+        raise UserError(f"checkpoint has weights no transformers BERT head has: {unknown[:3]}")
+    for ours, tensor in state.items():
+        if ours in VOCAB_ROWS:
+            tensor = tensor[:vocab_size]
+        hf_state[_with_bert_prefix(pairs[ours])] = tensor
     return {name: tensor.detach().clone().contiguous() for name, tensor in hf_state.items()}
 
 
@@ -196,7 +243,7 @@ def config_from_hf(hf_dir: str | os.PathLike, base: BertConfig) -> BertConfig:
         "initializer_range": hf.get("initializer_range", 0.02),
     }
     try:
-        return BertConfig.model_validate({**base.model_dump(), **updates})
+        return type(base).model_validate({**base.model_dump(), **updates})
     except ValidationError as error:
         raise UserError(f"{hf_dir}/config.json gives an invalid BERT config: {error.errors()[0]['msg']}") from None
 
@@ -223,23 +270,24 @@ def read_hf_tensors(hf_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _hf_values_for_model(tensors: dict[str, torch.Tensor], model: Bert) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """Our name -> checkpoint tensor (QKV fused, vocab unpadded), and the checkpoint names used."""
-    config = model.config
-    values, used = {}, set()
-    for ours, theirs in _name_pairs(config.num_layers, config.loss.use_nsp).items():
+def _hf_values_for_model(
+    tensors: dict[str, torch.Tensor], model: BertEncoder
+) -> dict[str, tuple[torch.Tensor, list[str]]]:
+    """Our name -> (checkpoint tensor, QKV fused, vocabulary unpadded; the checkpoint names
+    it came from), for every parameter of `model` the checkpoint has."""
+    own = dict(model.named_parameters())
+    values = {}
+    for ours, theirs in _all_name_pairs(model.config.num_layers).items():
         if ours == "mlm_head.bias" and theirs not in tensors and "cls.predictions.decoder.bias" in tensors:
             theirs = "cls.predictions.decoder.bias"  # some checkpoints store only the tied copy
-        if theirs in tensors:
-            values[ours] = tensors[theirs]
-            used.add(theirs)
-    for layer in range(config.num_layers):
+        if ours in own and theirs in tensors:
+            values[ours] = (tensors[theirs], [theirs])
+    for layer in range(model.config.num_layers):
         for kind in ("weight", "bias"):
             ours, names = _qkv_names(layer, kind)
             if all(name in tensors for name in names):
-                values[ours] = torch.cat([tensors[name] for name in names], dim=0)  # (3H, ...)
-                used.update(names)
-    return values, used
+                values[ours] = (torch.cat([tensors[name] for name in names], dim=0), names)  # (3H, ...)
+    return values
 
 
 def _check_tied_decoder(tensors: dict[str, torch.Tensor], used: set[str]) -> None:
@@ -257,7 +305,7 @@ def _check_tied_decoder(tensors: dict[str, torch.Tensor], used: set[str]) -> Non
 
 
 @torch.no_grad()
-def load_hf_weights(model: Bert, hf_dir: str | os.PathLike) -> HfLoadReport:
+def load_hf_weights(model: BertEncoder, hf_dir: str | os.PathLike) -> HfLoadReport:
     """Copy the weights of a Hugging Face BERT folder into `model`, in place.
 
     Accepts `bert.`-prefixed or bare names and old `gamma`/`beta` names. Vocabulary tensors
@@ -266,15 +314,16 @@ def load_hf_weights(model: Bert, hf_dir: str | os.PathLike) -> HfLoadReport:
     `missing`. A shape mismatch is a `UserError`: build the model with `config_from_hf`.
     """
     tensors = read_hf_tensors(hf_dir)
-    values, used = _hf_values_for_model(tensors, model)
-    _check_tied_decoder(tensors, used)
-    own = dict(model.named_parameters())
-    report = HfLoadReport(unused=sorted(set(tensors) - used))
-    for name, parameter in own.items():
+    values = _hf_values_for_model(tensors, model)
+    used: set[str] = set()
+    if isinstance(getattr(model, "mlm_head", None), torch.nn.Module):
+        _check_tied_decoder(tensors, used)
+    report = HfLoadReport()
+    for name, parameter in model.named_parameters():
         if name not in values:
             report.missing.append(name)
             continue
-        value = values[name]
+        value, sources = values[name]
         target = parameter[: model.vocab_size] if name in VOCAB_ROWS else parameter
         if value.shape != target.shape:
             raise UserError(
@@ -282,5 +331,7 @@ def load_hf_weights(model: Bert, hf_dir: str | os.PathLike) -> HfLoadReport:
                 f"{tuple(target.shape)}; build the model from config_from_hf({hf_dir})"
             )
         target.copy_(value.to(target.dtype))
+        used.update(sources)
         report.loaded.append(name)
+    report.unused = sorted(set(tensors) - used)
     return report

@@ -139,29 +139,17 @@ class BertMLMHead(nn.Module):
         return F.linear(x, decoder_weight, self.bias)
 
 
-class Bert(TrainModule):
-    """BERT encoder + MLM head (+ pooler and NSP head when `config.loss.use_nsp`).
+class BertEncoder(TrainModule):
+    """The BERT encoder (embeddings and layers) that the pretraining and fine-tuning heads
+    build on; subclasses add their heads and call `reset_parameters` at the end of `__init__`."""
 
-    Stateless: the carry is always `{}`. Batch keys: `input_ids`, `token_type_ids` (int64
-    (B, L)), `attention_mask` (bool (B, L), True = real token), `labels` (int64 (B, L), -100 =
-    not predicted) and, with NSP, `next_sentence_label` (int64 (B,), -100 = padded row).
-    """
-
-    def __init__(self, config: BertConfig, vocab_size: int, pad_id: int = 0):
+    def __init__(self, config: BertConfig, vocab_size: int):
         super().__init__()
         self.config = config
         self.vocab_size = vocab_size
         self.padded_vocab_size = config.padded_vocab_size(vocab_size)
         self.embeddings = BertEmbeddings(config, self.padded_vocab_size)
         self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_layers))
-        self.mlm_head = BertMLMHead(config, self.padded_vocab_size)
-        self.pooler = None
-        self.nsp_head = None
-        if config.loss.use_nsp:
-            # Built only with NSP: unused parameters would break DDP and waste optimiser state.
-            self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
-            self.nsp_head = nn.Linear(config.hidden_size, 2)
-        self.reset_parameters(pad_id)
 
     def reset_parameters(self, pad_id: int = 0) -> None:
         """Initialise as BERT / `transformers` do: N(0, initializer_range) weights and
@@ -176,22 +164,27 @@ class Bert(TrainModule):
                 elif isinstance(module, nn.LayerNorm):
                     module.weight.fill_(1.0)
                     module.bias.zero_()
-            self.mlm_head.bias.zero_()
             word = self.embeddings.word_embeddings.weight
             word[pad_id].zero_()
             word[self.vocab_size :].zero_()
 
     # ---- network -------------------------------------------------------------------
 
+    @staticmethod
+    def real_tokens(attention_mask: torch.Tensor) -> torch.Tensor:
+        """bool (B, L): the tokens the encoder treats as real.
+
+        A row without any real token (a padded evaluation row) would softmax over nothing
+        and give NaN, which poisons the gradients; such rows count as all real.
+        """
+        mask = attention_mask.bool()
+        return mask | ~mask.any(dim=-1, keepdim=True)  # (B, L)
+
     def encode(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
         """Final hidden states (B, L, H) of the encoder."""
-        mask = attention_mask.bool()
-        # A row without any real token (a padded evaluation row) would softmax over
-        # nothing and give NaN, which poisons the gradients; let such rows see everything.
-        mask = mask | ~mask.any(dim=-1, keepdim=True)  # (B, L)
-        key_mask = mask[:, None, None, :]  # (B, 1, 1, L)
+        key_mask = self.real_tokens(attention_mask)[:, None, None, :]  # (B, 1, 1, L)
         x = self.embeddings(input_ids, token_type_ids)  # (B, L, H)
         return self._layers(x, key_mask, None)
 
@@ -204,8 +197,7 @@ class Bert(TrainModule):
         layers and feed-forward skip the padding. Rows without a real token count as all
         real, as in `encode`.
         """
-        mask = attention_mask.bool()
-        mask = mask | ~mask.any(dim=-1, keepdim=True)  # (B, L)
+        mask = self.real_tokens(attention_mask)  # (B, L)
         layout = TokenLayout(mask)
         positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)  # (B, L)
         x = self.embeddings(layout.gather(input_ids), layout.gather(token_type_ids), layout.gather(positions))  # (N, H)
@@ -219,6 +211,32 @@ class Bert(TrainModule):
             else:
                 x = layer(x, key_mask, layout)
         return x
+
+
+class Bert(BertEncoder):
+    """BERT encoder + MLM head (+ pooler and NSP head when `config.loss.use_nsp`).
+
+    Stateless: the carry is always `{}`. Batch keys: `input_ids`, `token_type_ids` (int64
+    (B, L)), `attention_mask` (bool (B, L), True = real token), `labels` (int64 (B, L), -100 =
+    not predicted) and, with NSP, `next_sentence_label` (int64 (B,), -100 = padded row).
+    """
+
+    def __init__(self, config: BertConfig, vocab_size: int, pad_id: int = 0):
+        super().__init__(config, vocab_size)
+        self.mlm_head = BertMLMHead(config, self.padded_vocab_size)
+        self.pooler = None
+        self.nsp_head = None
+        if config.loss.use_nsp:
+            # Built only with NSP: unused parameters would break DDP and waste optimiser state.
+            self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+            self.nsp_head = nn.Linear(config.hidden_size, 2)
+        self.reset_parameters(pad_id)
+
+    def reset_parameters(self, pad_id: int = 0) -> None:
+        """The encoder's initialisation, and a zero decoder bias."""
+        super().reset_parameters(pad_id)
+        with torch.no_grad():
+            self.mlm_head.bias.zero_()
 
     def mlm_logits(self, hidden: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """MLM logits over the padded vocabulary, padded rows -inf.

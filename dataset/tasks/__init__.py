@@ -1,0 +1,1 @@
+"""Fine-tuning datasets: sequence classification/regression, token classification, question answering."""

@@ -1,0 +1,101 @@
+"""What the three fine-tuning builders share: the common flags, the tokenizer (reused from a
+pretraining dataset, a checkpoint, a `transformers` folder, a `tokenizer.json` or a BERT
+`vocab.txt`, through `build_text_mlm_dataset.load_tokenizer`), evaluation-set names, row
+padding and the atomic write of the dataset folder."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import UserError
+from core.files import atomic_folder, write_json
+from dataset.build_text_mlm_dataset import TokenizerChoice, load_tokenizer, save_tokenizer
+from dataset.tasks.format import TRAIN, TaskDatasetMetadata, write_split
+
+
+def add_common_args(parser: argparse.ArgumentParser, max_seq_length: int) -> None:
+    """--train-files, --validation-files, --validation-names, --tokenizer, --max-seq-length,
+    --output-dir, --overwrite."""
+    parser.add_argument("--train-files", nargs="+", required=True, help="training files (concatenated)")
+    parser.add_argument("--validation-files", nargs="+", default=[],
+                        help="evaluation files; each is its own evaluation set, named after the file")
+    parser.add_argument("--validation-names", nargs="+", default=None,
+                        help="names of the evaluation sets (default: the file names without extension)")
+    parser.add_argument("--tokenizer", required=True,
+                        help="tokenizer.json, a folder holding one (a dataset's tokenizer/, a checkpoint's, a "
+                             "transformers model) or a BERT vocab.txt; use the starting checkpoint's")
+    parser.add_argument("--max-seq-length", type=int, default=max_seq_length, help="tokens per row, specials included")
+    parser.add_argument("--output-dir", required=True, help="dataset folder to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+
+
+def check_common_args(args: argparse.Namespace) -> None:
+    """Reject values that cannot work, naming the flag to change."""
+    if args.max_seq_length < 8:
+        raise UserError(f"--max-seq-length {args.max_seq_length} is too short; use 8 or more (BERT uses 128)")
+    for file in [*args.train_files, *args.validation_files]:
+        if not Path(file).is_file():
+            raise UserError(f"input file {file} does not exist")
+    if Path(args.output_dir).exists() and not args.overwrite:
+        raise UserError(f"output folder {args.output_dir} already exists; choose another --output-dir or pass --overwrite")
+
+
+def eval_set_names(files: Sequence[str], names: Sequence[str] | None) -> list[str]:
+    """One name per validation file: `--validation-names`, or the file names without extension."""
+    if names is not None and len(names) != len(files):
+        raise UserError(f"--validation-names gives {len(names)} names for {len(files)} --validation-files; give one each")
+    chosen = list(names) if names is not None else [Path(file).name.split(".")[0] for file in files]
+    for name in chosen:
+        if name == TRAIN or not name or "/" in name or name.startswith("."):
+            raise UserError(f"evaluation set name {name!r} is not allowed; pass --validation-names")
+    if len(set(chosen)) != len(chosen):
+        raise UserError(f"two --validation-files have the same name ({', '.join(chosen)}); pass --validation-names")
+    return chosen
+
+
+def open_tokenizer(path: str) -> TokenizerChoice:
+    """The `--tokenizer`, loaded as the MLM builder loads it (no padding, no truncation)."""
+    return load_tokenizer(path)
+
+
+def id_dtype(vocab_size: int) -> type:
+    """uint16 when every id fits, else int32."""
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+def padded(rows: Sequence[Sequence[int]], seq_len: int, fill: int, dtype) -> np.ndarray:
+    """Rows of at most `seq_len` values -> (n, seq_len), filled with `fill`."""
+    out = np.full((len(rows), seq_len), fill, dtype=dtype)
+    for index, row in enumerate(rows):
+        out[index, : len(row)] = row
+    return out
+
+
+def write_dataset(args: argparse.Namespace, choice: TokenizerChoice, task: str, labels: list[str],
+                  splits: dict[str, tuple[dict[str, np.ndarray], list[dict[str, Any]] | None, int]],
+                  options: dict[str, Any] | None = None) -> TaskDatasetMetadata:
+    """Write the tokenizer, every split (arrays, examples, number of examples) and
+    `dataset.json` into `--output-dir`, atomically; returns the metadata."""
+    ids = choice.special_ids
+    with atomic_folder(args.output_dir, overwrite=args.overwrite) as folder:
+        vocab_sha256 = save_tokenizer(choice, folder / "tokenizer", args.max_seq_length)
+        for name, (arrays, examples, _) in splits.items():
+            write_split(folder / name, arrays, examples)
+        metadata = TaskDatasetMetadata(
+            task=task, labels=labels, vocab_size=choice.tokenizer.get_vocab_size(with_added_tokens=True),
+            seq_len=args.max_seq_length, pad_id=ids["[PAD]"], cls_id=ids["[CLS]"], sep_id=ids["[SEP]"],
+            tokenizer=choice.kind, lowercase=choice.lowercase, vocab_sha256=vocab_sha256,
+            eval_sets=[name for name in splits if name != TRAIN],
+            num_rows={name: len(arrays["input_ids"]) for name, (arrays, _, _) in splits.items()},
+            num_examples={name: count for name, (_, _, count) in splits.items()}, options=options or {},
+        )
+        write_json(folder / "dataset.json", metadata.model_dump())
+    for name in splits:
+        print(f"{name}: {metadata.num_examples[name]} examples, {metadata.num_rows[name]} rows")
+    print(f"{task} dataset, {len(labels)} labels, vocabulary {metadata.vocab_size} ({choice.kind}) -> {args.output_dir}")
+    return metadata

@@ -1,0 +1,166 @@
+"""Fine-tuning datasets for the training loop: the training stream and the evaluation
+batches (the contract is `dataset.stream`).
+
+Batches are padded only to the longest row of the global batch (rounded up to
+`trim_padding_to_multiple`), decided on the global batch so every rank keeps the same
+width: short single sentences then cost what their tokens cost. Every batch has
+`input_ids`, `token_type_ids` (int64 (B, L)), `attention_mask` (bool (B, L)), `row_index`
+(int64 (B,), the row in its split, -1 for the rows that fill the last evaluation batch)
+and `example_index` (int64 (B,)), plus the task's labels: `labels` (int64 (B,) classes,
+float32 (B,) regression targets, or int64 (B, L) tags with -100 = not scored) or
+`start_positions`/`end_positions` (int64 (B,), 0 = no answer in this window).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.batching import rank_rows
+from core.constants import IGNORE_LABEL_ID
+from core.errors import UserError
+from dataset.stream import Batch, EvalBatches, seeded_rng
+from dataset.tasks.format import TRAIN, TaskDatasetMetadata, load_split, load_task_metadata
+
+
+class TaskDataOptions(BaseModel):
+    """The `data:` section of a fine-tuning run (unknown keys refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    masking: None = None
+    """Masking is for pretraining; the fine-tuning presets set bert.yaml's section to null."""
+    trim_padding_to_multiple: int | None = Field(default=8, gt=0)
+    """Batches drop their trailing all-padding columns (decided on the global batch),
+    keeping a multiple of this many; None always serves the full sequence length."""
+
+
+def _width(input_ids: np.ndarray, pad_id: int, multiple: int | None) -> int:
+    """Columns to keep: up to the last real token of any row, rounded up to `multiple`."""
+    length = input_ids.shape[1]
+    if multiple is None:
+        return length
+    real_columns = np.flatnonzero((input_ids != pad_id).any(axis=0))  # (k,)
+    longest = int(real_columns[-1]) + 1 if len(real_columns) else 1
+    return min(length, -(-longest // multiple) * multiple)
+
+
+def _take(arrays: dict[str, np.ndarray], rows: np.ndarray, width: int, metadata: TaskDatasetMetadata) -> Batch:
+    """The model's batch for split rows `rows` (-1 = a filler row without labels), `width` columns."""
+    real = rows >= 0
+    safe = np.where(real, rows, 0)  # (b,)
+    input_ids = np.asarray(arrays["input_ids"][safe, :width], dtype=np.int64)  # (b, W)
+    input_ids[~real] = metadata.pad_id
+    input_ids[~real, 0] = metadata.cls_id
+    attention_mask = input_ids != metadata.pad_id  # (b, W)
+    batch = {
+        "input_ids": input_ids,
+        "token_type_ids": np.asarray(arrays["token_type_ids"][safe, :width], dtype=np.int64) * attention_mask,
+        "attention_mask": attention_mask,
+        "row_index": np.where(real, rows, -1).astype(np.int64),
+        "example_index": np.where(real, np.asarray(arrays["example_index"][safe]), -1).astype(np.int64),
+    }
+    if metadata.task == "classification":
+        batch["labels"] = np.where(real, np.asarray(arrays["labels"][safe]), IGNORE_LABEL_ID).astype(np.int64)
+    elif metadata.task == "regression":
+        batch["labels"] = np.where(real, np.asarray(arrays["labels"][safe]), 0.0).astype(np.float32)
+    elif metadata.task == "token_classification":
+        labels = np.asarray(arrays["labels"][safe, :width], dtype=np.int64)  # (b, W)
+        labels[~real] = IGNORE_LABEL_ID
+        batch["labels"] = labels
+    else:
+        for key in ("start_positions", "end_positions"):
+            batch[key] = np.where(real, np.asarray(arrays[key][safe]), IGNORE_LABEL_ID).astype(np.int64)
+    return batch
+
+
+class TaskTrainStream:
+    """The endless, seeded stream of training batches of a fine-tuning dataset (a `TrainStream`).
+
+    Epoch e visits every training row in the order of `seeded_rng(seed, e)`'s permutation;
+    global batches are consecutive chunks of that stream, spanning epochs. The state is
+    the absolute stream position, so resuming needs no replay; each rank keeps its slice
+    of the global batch, so 1 and N processes train on the same batches.
+    """
+
+    def __init__(self, paths: list[str], options: TaskDataOptions, seed: int, global_batch_size: int, rank: int,
+                 world_size: int):
+        self._rows_of_rank = rank_rows(global_batch_size, rank, world_size)
+        self.metadata = load_task_metadata(paths)
+        self.arrays = load_split(paths[0], self.metadata, TRAIN)
+        self.num_rows = self.metadata.num_rows[TRAIN]
+        if self.num_rows == 0:
+            raise UserError(f"the train split of {paths[0]} has no rows; rebuild the dataset with --train-files")
+        self.options = options
+        self.seed = seed
+        self.global_batch_size = global_batch_size
+        self.examples_per_epoch = float(self.num_rows)
+        self._position = 0
+        self._permutations: dict[int, np.ndarray] = {}
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        """The visiting order of `epoch` (the last two are kept: a batch can span epochs)."""
+        if epoch not in self._permutations:
+            self._permutations = {e: p for e, p in self._permutations.items() if e == epoch - 1}
+            self._permutations[epoch] = seeded_rng(self.seed, epoch).permutation(self.num_rows)
+        return self._permutations[epoch]
+
+    def _rows(self, start: int, count: int) -> np.ndarray:
+        """Training rows at stream positions start..start+count-1."""
+        positions = start + np.arange(count, dtype=np.int64)  # (n,)
+        epochs, offsets = np.divmod(positions, self.num_rows)
+        rows = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            in_epoch = epochs == epoch
+            rows[in_epoch] = self._permutation(int(epoch))[offsets[in_epoch]]
+        return rows
+
+    def next_batch(self) -> Batch:
+        """This rank's slice of the next global batch."""
+        first, stop = self._rows_of_rank
+        global_rows = self._rows(self._position, self.global_batch_size)  # (B,)
+        self._position += self.global_batch_size
+        width = _width(np.asarray(self.arrays["input_ids"][np.sort(global_rows)]), self.metadata.pad_id,
+                       self.options.trim_padding_to_multiple)
+        return _take(self.arrays, global_rows[first:stop], width, self.metadata)
+
+    def state_dict(self) -> dict[str, int]:
+        """Rows served so far (all ranks together), and the dataset size as a check."""
+        return {"position": self._position, "num_rows": self.num_rows}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue after the last batch served before `state_dict` was taken."""
+        if int(state["num_rows"]) != self.num_rows:
+            raise UserError(f"the checkpoint's data position is for {state['num_rows']} training rows, the dataset "
+                            f"has {self.num_rows}; resume with the same data_paths")
+        self._position = int(state["position"])
+
+
+def iter_task_eval_batches(paths: list[str], options: TaskDataOptions, global_batch_size: int, rank: int,
+                           world_size: int) -> EvalBatches:
+    """Every evaluation set once, in order, as (set name, this rank's slice of a global batch).
+
+    The last global batch of a set is filled with rows whose `row_index` is -1 and whose
+    labels are ignored.
+    """
+    first, stop = rank_rows(global_batch_size, rank, world_size)
+    metadata = load_task_metadata(paths)
+    if not metadata.eval_sets:
+        raise UserError(f"{paths[0]} has no evaluation set; rebuild it with --validation-files")
+    return _eval_batches(Path(paths[0]), metadata, options, global_batch_size, first, stop)
+
+
+def _eval_batches(root: Path, metadata: TaskDatasetMetadata, options: TaskDataOptions, global_batch_size: int,
+                  first: int, stop: int) -> EvalBatches:
+    for set_name in metadata.eval_sets:
+        arrays = load_split(root, metadata, set_name)
+        num_rows = metadata.num_rows[set_name]
+        for start in range(0, num_rows, global_batch_size):
+            global_rows = start + np.arange(global_batch_size)  # (B,)
+            global_rows[global_rows >= num_rows] = -1
+            real_rows = global_rows[global_rows >= 0]
+            width = _width(np.asarray(arrays["input_ids"][real_rows]), metadata.pad_id,
+                           options.trim_padding_to_multiple)
+            yield set_name, _take(arrays, global_rows[first:stop], width, metadata)
