@@ -26,14 +26,15 @@ The tokenizer is a WordPiece vocabulary trained on the corpus (default; on a sam
 `--tokenizer-sample-mb` for large corpora), a word-level vocabulary of the most frequent
 words (`--tokenizer whitespace`), or an existing `tokenizer.json` / `vocab.txt` / folder.
 
-Packing (`--packing`): `full` (the default without `--nsp`) concatenates the documents of
-a split with [SEP] between them and cuts the stream into full sequences `[CLS] ... [SEP]`
-(RoBERTa's FULL-SENTENCES); `documents` packs consecutive lines of one document into
+Packing (`--packing`): `full` concatenates the documents of a split with [SEP] between
+them and cuts the stream into full sequences `[CLS] ... [SEP]` (RoBERTa's
+FULL-SENTENCES); `documents` (the default) packs consecutive lines of one document into
 `[CLS] A [SEP]` (or, with `--nsp`, `[CLS] A [SEP] B [SEP]`, B the real continuation or,
 half the time, a segment of another document of the same split), a line that does not fit
 starting the next sequence. Either way nothing is dropped: without `--nsp`, decoding every
-sequence of both splits gives back the text. benchmarks/RESULTS.md shows why `full` is the
-default (more real tokens per step and a better held-out accuracy at equal steps).
+sequence of both splits gives back the text. `documents` stays the default because, at an
+equal number of steps, `full` did not give a better held-out accuracy while each of its
+steps costs ~1.4x the compute (benchmarks/RESULTS.md, mlm_packing; BERT_TRAINING.md).
 
 At the end the builder prints a corpus and vocabulary report (documents, sentences and
 tokens per split, duplicates and dropped lines, [UNK] rate, word pieces per word, unknown
@@ -126,8 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dedup", choices=DEDUP_MODES, default="documents",
                         help="remove exact repeats of documents or paragraphs before the split")
     parser.add_argument("--packing", choices=PACKINGS, default=None,
-                        help="full: documents concatenated, [SEP] between; documents: one document per "
-                             "sequence (default: full, documents with --nsp)")
+                        help="full: documents concatenated, [SEP] between; documents (default): one "
+                             "document per sequence")
     return parser.parse_args(argv)
 
 
@@ -149,7 +150,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.tokenizer_sample_mb <= 0:
         raise UserError("--tokenizer-sample-mb must be positive")
     if args.packing is None:
-        args.packing = "documents" if args.nsp else "full"
+        args.packing = "documents"
     if args.nsp and args.packing == "full":
         raise UserError("--packing full cannot make next-sentence pairs; use --packing documents with --nsp")
     if Path(args.output_dir).exists() and not args.overwrite:

@@ -177,7 +177,7 @@ def test_malformed_rows_are_skipped_and_counted(tmp_path, capsys):
     code, out, _ = _run_builder(build_text_mlm_dataset, argv, capsys)
     assert code == 0 and "skipped 2 malformed rows" in out
     metadata = json.loads((tmp_path / "out" / "dataset.json").read_text())
-    assert metadata["num_documents"]["train"] == 2 and metadata["num_tokens"]["train"] == 8  # [CLS] a b [SEP] c d e [SEP]
+    assert metadata["num_documents"]["train"] == 2 and metadata["num_tokens"]["train"] == 4 + 5  # [CLS] a b [SEP], [CLS] c d e [SEP]
 
 
 # ------------------------------------------------------------------------ pretrain.py
