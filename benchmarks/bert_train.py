@@ -3,22 +3,30 @@
     python -m benchmarks.bert_train                              # bert_tiny, length 128, CPU
     python -m benchmarks.bert_train --device cuda --size base    # BERT-Base, bf16, one GPU
     python -m benchmarks.bert_train --ablate                     # + the fast path's parts one by one
+    python -m benchmarks.bert_train --vocab 8k                   # a WordPiece vocabulary of 8,000 trained on the corpus
 
-Both contenders train on the same batches of the same MLM stream (wikitext-2 validation,
-the bert-base-uncased WordPiece vocabulary, length 128, 15% dynamic masking), at the same
-sizes, dropout and dtype (float32 on CPU, bf16 autocast on CUDA), with AdamW (weight
-decay off biases and norms) and gradient clipping at 1.0:
-- "this project": `training.loop.train_step` on the model of `models.registry`, fed
-  the way `fit` feeds it (the background prefetcher on CUDA), compiled on CUDA;
+All contenders train on MLM streams of wikitext-2 validation (the bert-base-uncased
+WordPiece vocabulary, `--vocab 30k`, or one of 8,000 trained on the corpus, `--vocab 8k`;
+length 128, 15% dynamic masking), at the same sizes, dropout and dtype (float32 on CPU,
+bf16 autocast on CUDA), with AdamW (weight decay off biases and norms) and gradient
+clipping at 1.0. Each is fed one of two datasets of the same text: `--packing full`
+(documents concatenated with [SEP] and cut at the length, every row full: what
+`transformers`' `run_mlm.py` gives its model through `group_texts`) and `--packing
+documents` (one document per row, padded: what this project built before `--packing`):
+- "this project": `training.loop.train_step` on the run `training.build.setup` builds,
+  fed the way `fit` feeds it (the background prefetcher on CUDA), compiled on CUDA;
 - "transformers": `BertForMaskedLM` (SDPA attention, eager) + `torch.optim.AdamW`
   (fused on CUDA): forward with labels -> loss.backward() -> clip -> step.
-Throughput counts non-padding tokens. Peak memory is the worker process's `ru_maxrss`
+Throughput counts real (non-padding) tokens, so contenders fed different packings compare
+fairly; the headline is this project on full rows against `transformers` on full rows.
+Peak memory is the worker process's `ru_maxrss`
 on CPU (each contender in a fresh process) and `torch.cuda.max_memory_allocated` on CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from benchmarks import common
@@ -48,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (CPU 1, CUDA 10)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--ablate", action="store_true", help="also time the fast path without trimming/unpadding")
+    parser.add_argument("--vocab", choices=("30k", "8k"), default="30k",
+                        help="bert-base-uncased's 30,522 WordPiece tokens, or 8,000 trained on the corpus")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads in each worker (default: torch's choice, all cores)")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
@@ -77,16 +87,25 @@ def tokenizer_dir() -> Path:
     return Path(spec.origin).parent / "model"
 
 
-def prepare_dataset(seq_len: int) -> Path:
-    """The benchmark's MLM dataset (built once into benchmarks/.cache, then reused)."""
+def prepare_dataset(seq_len: int, packing: str = "full", vocab: str = "30k") -> Path:
+    """The benchmark's MLM dataset (built once into benchmarks/.cache, then reused).
+
+    `vocab` 8k trains a WordPiece vocabulary of 8,000 on the corpus once (with the
+    documents packing) and reuses it for the other packing, so both share it."""
     from dataset import build_text_mlm_dataset
 
-    folder = common.CACHE_DIR / f"wikitext2-valid-mlm-{seq_len}"
+    folder = common.CACHE_DIR / f"wikitext2-valid-mlm-{seq_len}-{vocab}-{packing}"
     if not (folder / "dataset.json").is_file():
         corpus = common.corpus_path("wikitext2-valid.txt")
+        if vocab == "30k":
+            tokenizer = ["--tokenizer", str(tokenizer_dir() / "tokenizer.json")]
+        elif packing == "documents":
+            tokenizer = ["--vocab-size", "8000"]
+        else:
+            tokenizer = ["--tokenizer", str(prepare_dataset(seq_len, "documents", vocab) / "tokenizer")]
         build_text_mlm_dataset.main([
             "--input-files", str(corpus), "--output-dir", str(folder), "--max-seq-length", str(seq_len),
-            "--tokenizer", str(tokenizer_dir() / "tokenizer.json"), "--test-split", "0.01", "--overwrite",
+            *tokenizer, "--test-split", "0.01", "--overwrite", "--packing", packing,
         ])
     return folder
 
@@ -118,32 +137,36 @@ def flops_per_token(arch, vocab_size: int, seq_len: int, mask_prob: float = 0.15
 
 
 def ours_worker(args: argparse.Namespace) -> dict:
-    """Time `train_step` on this project's BERT, fed as `fit` feeds it."""
+    """Time `train_step` on this project's BERT, built by `training.build.setup` and fed as `fit` feeds it."""
     import torch
 
-    from dataset.text.format import load_mlm_metadata
+    from training.build import setup
     from training.config import PretrainConfig
+    from training.distributed import DistContext
+    from training.loop import train_step
+    from training.metrics import MetricAccumulator
     from training.prefetch import device_batches
+    from training.signals import StopRequest
 
     device = torch.device(args.device)
     arch = _bert_config(args, bool(args.unpad))
-    metadata = load_mlm_metadata([args.data])
     config = PretrainConfig(
-        arch=arch.model_dump(), data_paths=[args.data], global_batch_size=args.batch, epochs=1, lr=1e-4,
-        optimizer="adamw", beta2=0.999, weight_decay=0.01, grad_clip_norm=1.0, lr_warmup_steps=0,
-        device=args.device, compile=bool(args.compile), wandb="disabled",
+        arch=arch.model_dump(), data={"trim_padding_to_multiple": 8 if args.trim else None}, data_paths=[args.data],
+        global_batch_size=args.batch, epochs=1, lr=1e-4, optimizer="adamw", beta2=0.999, weight_decay=0.01,
+        grad_clip_norm=1.0, lr_warmup_steps=0, device=args.device, compile=bool(args.compile), wandb="disabled",
+        checkpoint_path=str(Path(tempfile.gettempdir()) / "bert-train-benchmark"),
     )
-    stream = _stream(args, bool(args.trim))
-    state, step = common.engine_step("bert", arch, metadata, config, stream, device)
-    batches = device_batches(stream, device)
-    return _timed_loop(args, device, lambda: step(_next(batches, state)),
-                       lambda: batches.last.host, arch, metadata.vocab_size, close=batches.close)
+    state, ctx, _ = setup(config, DistContext(0, 1, 0, device))  # builds; writes nothing
+    state.total_steps = 10**6
+    stop, accumulator = StopRequest(), MetricAccumulator()
+    batches, host = device_batches(state.stream, device), {}
 
+    def step() -> None:
+        item = next(batches)
+        state.stream_state, host["batch"] = item.stream_state, item.host
+        train_step(state, ctx, item.device, stop, accumulator)
 
-def _next(batches, state):
-    item = next(batches)
-    state.stream_state = item.stream_state
-    return item.device
+    return _timed_loop(args, device, step, lambda: host["batch"], arch, ctx.metadata.vocab_size, close=batches.close)
 
 
 def hf_worker(args: argparse.Namespace) -> dict:
@@ -175,7 +198,7 @@ def hf_worker(args: argparse.Namespace) -> dict:
 
     def step() -> None:
         host["batch"] = stream.next_batch()
-        batch = to_device(host["batch"], device, pin=device.type == "cuda")
+        batch = to_device(host["batch"], device, pin=False)
         with autocast:
             loss = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
                          attention_mask=batch["attention_mask"].long(), labels=batch["labels"]).loss
@@ -217,28 +240,35 @@ def _timed_loop(args, device, step, last_host_batch, arch, vocab_size: int, clos
 # ------------------------------------------------------------------------------- parent
 
 
-def contenders(args: argparse.Namespace, data: Path) -> dict[str, list[str]]:
-    """Worker command lines by contender name."""
+REFERENCE = "transformers, full rows"
+"""The contender the ratios are taken against: what run_mlm.py feeds BertForMaskedLM."""
+
+
+def contenders(args: argparse.Namespace, data: dict[str, Path]) -> dict[str, list[str]]:
+    """Worker command lines by contender name; `data` maps a packing to its dataset."""
     shared = ["--device", args.device, "--size", args.size, "--seq-len", str(args.seq_len), "--batch",
-              str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup), "--data", str(data)]
+              str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     if args.threads is not None:
         shared += ["--threads", str(args.threads)]
+    full, documents = ["--data", str(data["full"]), *shared], ["--data", str(data["documents"]), *shared]
     runs = {
-        "this project": ["--worker", "ours", *shared],
-        "transformers": ["--worker", "hf", *shared],
+        "this project, full rows": ["--worker", "ours", *full],
+        REFERENCE: ["--worker", "hf", *full],
+        "this project, documents rows": ["--worker", "ours", *documents],
+        "transformers, documents rows (padded)": ["--worker", "hf", *documents],
     }
     if args.ablate:
-        runs["this project, no trim"] = ["--worker", "ours", "--trim", "0", *shared]
-        runs["this project, no unpad"] = ["--worker", "ours", "--unpad", "0", *shared]
-        runs["this project, plain"] = ["--worker", "ours", "--trim", "0", "--unpad", "0", *shared]
+        runs["this project, no trim"] = ["--worker", "ours", "--trim", "0", *full]
+        runs["this project, no unpad"] = ["--worker", "ours", "--unpad", "0", *full]
+        runs["this project, plain"] = ["--worker", "ours", "--trim", "0", "--unpad", "0", *full]
         if args.device == "cuda":
-            runs["this project, eager"] = ["--worker", "ours", "--compile", "0", *shared]
+            runs["this project, eager"] = ["--worker", "ours", "--compile", "0", *full]
     return runs
 
 
 def summarise(args: argparse.Namespace, results: dict[str, list[dict]]) -> tuple[str, list[str]]:
     """The table (medians, ratio to transformers) and the notes."""
-    reference = common.median_of(results["transformers"], "tokens_per_s")
+    reference = common.median_of(results[REFERENCE], "tokens_per_s")
     memory_key = "peak_cuda_mb" if args.device == "cuda" else "max_rss_mb"
     rows = []
     for name, runs in results.items():
@@ -249,10 +279,11 @@ def summarise(args: argparse.Namespace, results: dict[str, list[dict]]) -> tuple
                      f"{common.median_of(runs, 'mean_tokens_per_step'):,.0f}"])
     memory_label = "peak CUDA memory (MB)" if args.device == "cuda" else "peak RSS of the process (MB)"
     table = common.format_table(
-        ["contender", "tokens/s (median)", "vs transformers", memory_label, "MFU", "real tokens/step"], rows)
+        ["contender", "real tokens/s (median)", f"vs {REFERENCE}", memory_label, "MFU", "real tokens/step"], rows)
     dtype = "bf16 autocast" if args.device == "cuda" else "float32"
     notes = [
-        f"size {args.size} {SIZES[args.size]}, length {args.seq_len}, batch {args.batch}, {dtype}, dropout 0.1, "
+        f"size {args.size} {SIZES[args.size]}, vocabulary {args.vocab}, length {args.seq_len}, batch {args.batch}, "
+        f"{dtype}, dropout 0.1, "
         f"mask rate 0.15, {args.warmup} warm-up + {args.steps} timed steps per worker, "
         f"{args.rounds} interleaved rounds, "
         f"torch threads per worker: {args.threads or 'default'}",
@@ -273,13 +304,14 @@ def main(argv: list[str] | None = None) -> None:
         worker = ours_worker if args.worker == "ours" else hf_worker
         common.report_worker_result(worker(args))
         return
-    data = prepare_dataset(args.seq_len)
+    data = {packing: prepare_dataset(args.seq_len, packing, args.vocab) for packing in ("full", "documents")}
     results = common.interleaved(contenders(args, data), "benchmarks.bert_train", args.rounds)
     table, notes = summarise(args, results)
     if args.no_record:
         print(table)
         return
-    common.append_results(f"bert_train: {args.size} on {args.device}", common.command_line(), table, notes)
+    common.append_results(f"bert_train: {args.size}, vocabulary {args.vocab}, on {args.device}", common.command_line(),
+                          table, notes)
 
 
 if __name__ == "__main__":

@@ -8,22 +8,43 @@
     python dataset/build_text_mlm_dataset.py --input-files data/stdlib-docs.txt \
         --output-dir data/stdlib-mlm --max-seq-length 128 --nsp
 
-Inputs (`--input-files`, paths or quoted globs, `**` recursive): plain text with one
-sentence or paragraph per line and blank lines between documents, or `.jsonl` with a
-`text` field per row (one document per row), each optionally `.gz`-compressed.
+    # WikiExtractor output (folders AA/, AB/, ... of wiki_00, wiki_01, ...), read recursively:
+    python dataset/build_text_mlm_dataset.py --input-files data/wiki --output-dir data/wiki-mlm \
+        --max-seq-length 128 --num-workers 8
+
+Inputs (`--input-files`: files, quoted globs with `**` recursive, or folders read
+recursively with hidden files skipped). Each file's format is detected from its content
+(`dataset/text/corpus.py`): plain text with one sentence or paragraph per line and blank
+lines between documents; JSON lines with a `--text-field` per row (one document per row);
+WikiExtractor's `<doc>` blocks (one document per block, title line and tags dropped);
+parquet (`--text-field` column, one document per row; needs pyarrow). Each may be gzip,
+bzip2 or zstd compressed (zstd needs zstandard; `pip install -e ".[corpora]"` adds both).
+Exact repeats of documents (`--dedup documents`, the default) or paragraphs are removed
+before the split, so no duplicate crosses it.
 
 The tokenizer is a WordPiece vocabulary trained on the corpus (default; on a sample of
 `--tokenizer-sample-mb` for large corpora), a word-level vocabulary of the most frequent
 words (`--tokenizer whitespace`), or an existing `tokenizer.json` / `vocab.txt` / folder.
-Consecutive lines of one document are packed into sequences `[CLS] A [SEP]` (or, with
-`--nsp`, `[CLS] A [SEP] B [SEP]`, B the real continuation or, half the time, a segment of
-another document of the same split). Lines longer than the room left are split, never
-dropped: without `--nsp`, decoding every sequence of both splits gives back the text.
+
+Packing (`--packing`): `full` concatenates the documents of a split with [SEP] between
+them and cuts the stream into full sequences `[CLS] ... [SEP]` (RoBERTa's
+FULL-SENTENCES); `documents` (the default) packs consecutive lines of one document into
+`[CLS] A [SEP]` (or, with `--nsp`, `[CLS] A [SEP] B [SEP]`, B the real continuation or,
+half the time, a segment of another document of the same split), a line that does not fit
+starting the next sequence. Either way nothing is dropped: without `--nsp`, decoding every
+sequence of both splits gives back the text. `documents` stays the default because, at an
+equal number of steps, `full` did not give a better held-out accuracy while each of its
+steps costs ~1.4x the compute (benchmarks/RESULTS.md, mlm_packing; BERT_TRAINING.md).
+
+At the end the builder prints a corpus and vocabulary report (documents, sentences and
+tokens per split, duplicates and dropped lines, [UNK] rate, word pieces per word, unknown
+characters, fill rate), stores it in dataset.json and report.txt, and warns in one line
+when the vocabulary does not fit the text.
 
 Documents stream through a bounded pipeline (tokenised in `--num-workers` processes) into
 numpy shards, so memory does not grow with the corpus. Each document goes to the test
 split by a seeded hash of its text (the first document always trains). The layout of
-the output folder is described in `dataset/mlm_dataset.py`.
+the output folder is described in `dataset/text/format.py`.
 
 Reproducibility: with the same tokenizer and seed, a build is bit-identical, whatever
 `--num-workers`. Training a WordPiece vocabulary is not: the `tokenizers` library
@@ -39,6 +60,7 @@ import argparse
 import hashlib
 import json
 import multiprocessing
+import sys
 import time
 import warnings
 from collections import deque
@@ -53,12 +75,13 @@ from tqdm import tqdm
 from core.cli import argument_parser
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError, run_cli
-from core.files import atomic_folder, write_json
+from core.files import atomic_folder, write_json, write_text
 from dataset.stream import seeded_rng
 from dataset.text import corpus as text_corpus
-from dataset.text.corpus import CorpusReader, document_fraction, expand_input_files
+from dataset.text.corpus import DEDUP_MODES, CorpusReader, Deduplicator, document_fraction, expand_input_files
 from dataset.text.format import SPLITS, MLMDatasetMetadata
 from dataset.text.masking import Masker
+from dataset.text.report import ReportCounter, render_report
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 """Special tokens, in id order for trained vocabularies (ids 0..4)."""
@@ -70,6 +93,7 @@ NSP_RANDOM_POOL = 10_000
 STATIC_MASK_STREAM_KEY = 13
 STATIC_MASK_BLOCK_ROWS = 4096
 NSP_STREAM_KEY = 17
+PACKINGS = ("full", "documents")
 
 
 # ------------------------------------------------------------------------------ options
@@ -78,7 +102,8 @@ NSP_STREAM_KEY = 17
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command-line options (see `--help`)."""
     parser = argument_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--input-files", nargs="+", required=True, help="text/jsonl(.gz) files or quoted globs")
+    parser.add_argument("--input-files", nargs="+", required=True,
+                        help="files, quoted globs or folders: text, jsonl, WikiExtractor, parquet; .gz/.bz2/.zst")
     parser.add_argument("--output-dir", required=True, help="dataset folder to create")
     parser.add_argument("--vocab-size", type=int, default=None, help=f"trained vocabulary size ({DEFAULT_VOCAB_SIZE})")
     parser.add_argument("--max-seq-length", type=int, default=512, help="tokens per sequence, specials included")
@@ -97,7 +122,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=1, help="tokenisation processes (1: in this process)")
     parser.add_argument("--shard-size", type=int, default=65536, help="sequences per shard file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
-    parser.add_argument("--on-bad-line", choices=("skip", "error"), default="error", help="malformed jsonl rows")
+    parser.add_argument("--on-bad-line", choices=("skip", "error"), default="error",
+                        help="malformed rows, binary or non-UTF-8 lines: stop, or drop and count them")
+    parser.add_argument("--text-field", default="text", help="the text's JSON field or parquet column")
+    parser.add_argument("--dedup", choices=DEDUP_MODES, default="documents",
+                        help="remove exact repeats of documents or paragraphs before the split")
+    parser.add_argument("--packing", choices=PACKINGS, default=None,
+                        help="full: documents concatenated, [SEP] between; documents (default): one "
+                             "document per sequence")
     return parser.parse_args(argv)
 
 
@@ -118,6 +150,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.tokenizer_sample_mb <= 0:
         raise UserError("--tokenizer-sample-mb must be positive")
+    if args.packing is None:
+        args.packing = "documents"
+    if args.nsp and args.packing == "full":
+        raise UserError("--packing full cannot make next-sentence pairs; use --packing documents with --nsp")
     if Path(args.output_dir).exists() and not args.overwrite:
         raise UserError(
             f"output folder {args.output_dir} already exists; choose another --output-dir or pass --overwrite"
@@ -181,13 +217,13 @@ def train_tokenizer(args: argparse.Namespace, files: list[Path]) -> TokenizerCho
     vocab_size = args.vocab_size or DEFAULT_VOCAB_SIZE
     tokenizer, trainer_class = _new_tokenizer(args.tokenizer, lowercase)
     trainer = trainer_class(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
-    reader = CorpusReader(files, args.on_bad_line)
+    reader = CorpusReader(files, args.on_bad_line, args.text_field)
     total = reader.total_bytes()
     fraction = min(1.0, args.tokenizer_sample_mb * 1e6 / max(total, 1))
 
     def sample() -> Iterator[list[str]]:
         with tqdm(total=total, unit="B", unit_scale=True, desc="training tokenizer", disable=None) as bar:
-            for document in reader.documents():
+            for document in Deduplicator(args.dedup).filter(reader.documents()):
                 bar.update(reader.counters.bytes_on_disk - bar.n)
                 if fraction >= 1.0 or document_fraction(document, args.seed, "tokenizer-sample") < fraction:
                     yield document
@@ -462,6 +498,54 @@ class ShardWriter:
         return masked, labels
 
 
+# ------------------------------------------------------------------------- full packing
+
+
+class FullPacker:
+    """The documents of one split as one token stream, [SEP] between two documents, cut
+    into sequences of `capacity` tokens (RoBERTa's FULL-SENTENCES, MosaicBERT).
+
+    Every sequence but the last of a split is full, except where a document ends one
+    token short of the end: that sequence closes with its own [SEP] rather than [SEP] [SEP].
+    A sequence never starts with the separator.
+    """
+
+    def __init__(self, writer: ShardWriter, capacity: int, sep_id: int):
+        self.writer, self.capacity = writer, capacity
+        self.separator = np.array([sep_id], dtype=np.int32)
+        self.pending: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, lines: list[np.ndarray]) -> None:
+        """Append one document (its lines' token ids) to the stream."""
+        num_tokens = sum(len(line) for line in lines)
+        if num_tokens == 0:
+            return
+        if self.size == self.capacity - 1:
+            self._write_pending()
+        elif self.size:
+            self.pending.append(self.separator)
+            self.size += 1
+        self.pending.extend(lines)
+        self.size += num_tokens
+        if self.size >= self.capacity:
+            stream = np.concatenate(self.pending)
+            full = len(stream) - len(stream) % self.capacity
+            for start in range(0, full, self.capacity):
+                self.writer.add(stream[start : start + self.capacity])
+            self.pending = [stream[full:]] if full < len(stream) else []
+            self.size = len(stream) - full
+
+    def finish(self) -> None:
+        """Write the last, partly filled sequence."""
+        if self.size:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        self.writer.add(np.concatenate(self.pending))
+        self.pending, self.size = [], 0
+
+
 # ----------------------------------------------------------------------------- pipeline
 
 
@@ -472,25 +556,27 @@ class _Chunk:
     lines_per_document: list[int]
     splits: list[str]
     lines: list[str] | None = None
-    ids: np.ndarray | None = None
-    """int32: every token of the chunk, concatenated."""
-    line_lengths: np.ndarray | None = None
-    """int64: tokens per line."""
+    tokens: text_corpus.TokenizedLines | None = None
 
     def documents(self) -> Iterator[tuple[str, list[np.ndarray]]]:
         """(split, token ids of each line) per document."""
-        line_ends = np.cumsum(self.line_lengths)
-        line_pieces = np.split(self.ids, line_ends[:-1]) if len(self.line_lengths) else []
+        line_lengths = self.tokens.line_lengths
+        line_ends = np.cumsum(line_lengths)
+        line_pieces = np.split(self.tokens.ids, line_ends[:-1]) if len(line_lengths) else []
         first = 0
         for split, count in zip(self.splits, self.lines_per_document):
             yield split, line_pieces[first : first + count]
             first += count
 
+    def split_of_line(self) -> np.ndarray:
+        """int64 [lines]: the index in SPLITS of each line's split."""
+        return np.repeat([SPLITS.index(split) for split in self.splits], self.lines_per_document)
 
-def _chunks(reader: CorpusReader, args: argparse.Namespace) -> Iterator[_Chunk]:
+
+def _chunks(documents: Iterator[list[str]], args: argparse.Namespace) -> Iterator[_Chunk]:
     """Documents grouped into chunks of about `CHUNK_CHARACTERS`, each with its split decided."""
     chunk, size = _Chunk([], [], []), 0
-    for number, document in enumerate(reader.documents()):
+    for number, document in enumerate(documents):
         is_test = (
             args.test_split > 0
             and number > 0  # the first document always trains, so a tiny corpus still has a train split
@@ -512,7 +598,7 @@ def tokenized_chunks(chunks: Iterator[_Chunk], tokenizer: Tokenizer, num_workers
     if num_workers == 1:
         text_corpus.init_tokenizer_worker(tokenizer.to_str(), threads_inside=True)
         for chunk in chunks:
-            chunk.ids, chunk.line_lengths = text_corpus.tokenize_lines(chunk.lines)
+            chunk.tokens = text_corpus.tokenize_lines(chunk.lines)
             chunk.lines = None
             yield chunk
         return
@@ -531,50 +617,65 @@ def tokenized_chunks(chunks: Iterator[_Chunk], tokenizer: Tokenizer, num_workers
 
 
 def _finished(chunk: _Chunk, result) -> _Chunk:
-    chunk.ids, chunk.line_lengths = result.get()
+    chunk.tokens = result.get()
     return chunk
 
 
 @dataclass
 class BuildStats:
-    """What the summary reports."""
+    """What the summary and the report need besides the shards."""
 
+    reader: CorpusReader
+    deduplicator: Deduplicator
+    counter: ReportCounter
     num_documents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     seconds: float = 0.0
-    bytes_read: int = 0
-    bad_lines: int = 0
 
 
 def write_shards(
     args: argparse.Namespace, files: list[Path], choice: TokenizerChoice, writers: dict[str, ShardWriter]
 ) -> BuildStats:
-    """Stream every document through tokenisation and packing into the split writers."""
-    stats, started = BuildStats(), time.perf_counter()
-    reader = CorpusReader(files, args.on_bad_line)
+    """Stream every document through de-duplication, tokenisation and packing into the split writers."""
+    started = time.perf_counter()
+    stats = BuildStats(
+        CorpusReader(files, args.on_bad_line, args.text_field), Deduplicator(args.dedup),
+        ReportCounter(continuation_mask(choice.tokenizer), choice.special_ids["[UNK]"]),
+    )  # fmt: skip
+    reader = stats.reader
     pair_maker = PairMaker(args.seed, continuation_mask(choice.tokenizer)) if args.nsp else None
+    packers = {}
+    if args.packing == "full":
+        packers = {split: FullPacker(writers[split], args.max_seq_length - 2, choice.special_ids["[SEP]"])
+                   for split in SPLITS}  # fmt: skip
     capacity = (args.max_seq_length - 3) // 2 if args.nsp else args.max_seq_length - 2
+    chunks = _chunks(stats.deduplicator.filter(reader.documents()), args)
     with tqdm(total=reader.total_bytes(), unit="B", unit_scale=True, desc="building", disable=None) as bar:
-        for chunk in tokenized_chunks(_chunks(reader, args), choice.tokenizer, args.num_workers):
+        for chunk in tokenized_chunks(chunks, choice.tokenizer, args.num_workers):
+            tokens = chunk.tokens
+            stats.counter.add(chunk.split_of_line(), tokens.ids, tokens.line_lengths, tokens.sentences,
+                              tokens.unknown_characters)  # fmt: skip
             for split, lines in chunk.documents():
                 stats.num_documents[split] += 1
-                segments = pack_lines(lines, capacity)
-                if pair_maker is None:
-                    for segment in segments:
+                if packers:
+                    packers[split].add(lines)
+                elif pair_maker is None:
+                    for segment in pack_lines(lines, capacity):
                         writers[split].add(segment)
                 else:
                     line_lengths = [len(line) for line in lines]
-                    for segment_a, segment_b, label in pair_maker.pairs(segments, line_lengths, split):
+                    for segment_a, segment_b, label in pair_maker.pairs(pack_lines(lines, capacity), line_lengths, split):
                         writers[split].add(segment_a, segment_b, label)
             bar.update(reader.counters.bytes_on_disk - bar.n)
+    for packer in packers.values():
+        packer.finish()
     for writer in writers.values():
         writer.flush()
     stats.seconds = time.perf_counter() - started
-    stats.bytes_read, stats.bad_lines = reader.counters.bytes_on_disk, reader.counters.bad_lines
     return stats
 
 
 def build(args: argparse.Namespace, files: list[Path], choice: TokenizerChoice, folder: Path) -> MLMDatasetMetadata:
-    """Write the tokenizer, the shards and dataset.json into `folder`; returns the metadata."""
+    """Write the tokenizer, the shards, dataset.json and report.txt into `folder`; returns the metadata."""
     vocab_sha256 = save_tokenizer(choice, folder / "tokenizer", args.max_seq_length)
     vocab_size = choice.tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
@@ -594,24 +695,23 @@ def build(args: argparse.Namespace, files: list[Path], choice: TokenizerChoice, 
         num_sequences={split: writer.num_sequences for split, writer in writers.items()},
         num_tokens={split: writer.num_tokens for split, writer in writers.items()},
         shards={split: writer.names for split, writer in writers.items()},
-        dtype=np.dtype(dtype).name,
+        dtype=np.dtype(dtype).name, packing=args.packing, dedup=args.dedup,
     )  # fmt: skip
+    metadata.report = stats.counter.report(metadata, stats.reader.counters, stats.deduplicator)
     write_json(folder / "dataset.json", metadata.model_dump())
+    write_text(folder / "report.txt", render_report(metadata))
     _print_summary(metadata, stats, args)
     return metadata
 
 
 def _print_summary(metadata: MLMDatasetMetadata, stats: BuildStats, args: argparse.Namespace) -> None:
-    positions = {split: metadata.num_sequences[split] * metadata.seq_len for split in SPLITS}
-    for split in SPLITS:
-        fill = metadata.num_tokens[split] / positions[split] if positions[split] else 0.0
-        print(
-            f"{split}: {metadata.num_documents[split]} documents, {metadata.num_sequences[split]} sequences, "
-            f"{metadata.num_tokens[split]} tokens ({fill:.0%} of the positions)"
-        )
-    if stats.bad_lines:
-        print(f"skipped {stats.bad_lines} malformed jsonl rows")
-    megabytes = stats.bytes_read / 1e6
+    """The report on stdout, its warnings on stderr (one line each), then the speed."""
+    print(render_report(metadata, with_warnings=False), end="")
+    for warning in metadata.report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if stats.reader.counters.bad_lines:
+        print(f"skipped {stats.reader.counters.bad_lines} malformed rows")
+    megabytes = stats.reader.counters.bytes_on_disk / 1e6
     print(
         f"vocabulary {metadata.vocab_size} ({metadata.tokenizer}), ids {metadata.dtype}; read {megabytes:.1f} MB "
         f"in {stats.seconds:.1f} s ({megabytes / max(stats.seconds, 1e-9):.1f} MB/s) -> {args.output_dir}"

@@ -94,7 +94,7 @@ BUILDER_CASES = [
     ("mlm-binary-file", build_text_mlm_dataset, lambda t: _mlm(t, [str(_text(t, "a.bin", b"ab\x00\x01"))]),
      r"error: .*a\.bin looks binary \(NUL byte at byte offset 2\); pass text files only"),
     ("mlm-not-utf8", build_text_mlm_dataset, lambda t: _mlm(t, [str(_text(t, "l.txt", b"ok\ncaf\xe9\n"))]),
-     r"error: .*l\.txt is not UTF-8 text \(byte offset 6, line 2\); convert it, e\.g\. with iconv -t utf-8"),
+     r"error: .*l\.txt is not UTF-8 text \(byte offset 6, line 2\); convert it, e\.g\. with iconv -t utf-8, or pass --on-bad-line skip"),
     ("mlm-glob-matches-nothing", build_text_mlm_dataset, lambda t: _mlm(t, [str(t / "none" / "*.txt")]),
      r"error: --input-files pattern '.*none/\*\.txt' matches no file; check the path and the quoting"),
     ("mlm-vocab-too-small", build_text_mlm_dataset,
@@ -175,7 +175,7 @@ def test_malformed_rows_are_skipped_and_counted(tmp_path, capsys):
     argv = _mlm(tmp_path, [str(_text(tmp_path, "d.jsonl", rows))], "--on-bad-line", "skip", "--test-split", "0")
     (tmp_path / "out").rename(tmp_path / "sudoku-out")
     code, out, _ = _run_builder(build_text_mlm_dataset, argv, capsys)
-    assert code == 0 and "skipped 2 malformed jsonl rows" in out
+    assert code == 0 and "skipped 2 malformed rows" in out
     metadata = json.loads((tmp_path / "out" / "dataset.json").read_text())
     assert metadata["num_documents"]["train"] == 2 and metadata["num_tokens"]["train"] == 4 + 5  # [CLS] a b [SEP], [CLS] c d e [SEP]
 

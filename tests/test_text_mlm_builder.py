@@ -161,12 +161,13 @@ def test_pack_lines_keeps_every_token_and_respects_capacity():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """A WordPiece build of 80 documents (some with lines longer than a sequence)."""
+    """A WordPiece build of 80 documents (some with lines longer than a sequence), one document per sequence."""
     root = tmp_path_factory.mktemp("corpus")
     documents = make_documents(80, long_every=7)
     source = write_text(root / "corpus.txt", documents)
     output = root / "mlm"
-    argv = ["--input-files", source, "--output-dir", output, "--vocab-size", 300, "--max-seq-length", 32]
+    argv = ["--input-files", source, "--output-dir", output, "--vocab-size", 300, "--max-seq-length", 32,
+            "--packing", "documents"]
     run_cli(lambda: main([str(a) for a in argv + ["--test-split", 0.25, "--seed", 5]]))
     return documents, source, output
 
@@ -353,7 +354,7 @@ def test_reusing_a_vocab_txt(tmp_path, capsys):
     source.write_text("The cat sat on the mats.\nThe dog sat.\n\nA bird.\n", encoding="utf-8")
     output = tmp_path / "out"
     status, out, err = build(capsys, "--input-files", source, "--output-dir", output, "--tokenizer",
-                             tmp_path / "tok", "--test-split", 0, "--max-seq-length", 16)  # fmt: skip
+                             tmp_path / "tok", "--test-split", 0, "--max-seq-length", 16, "--packing", "documents")  # fmt: skip
     assert status == 0, err
     assert "uncased" in out
     ids = read_split(output, "train")
@@ -371,7 +372,7 @@ def test_reusing_a_vocab_txt(tmp_path, capsys):
     saved.save(str(tmp_path / "padded.json"))
     again = tmp_path / "again"
     status, _, err = build(capsys, "--input-files", source, "--output-dir", again, "--tokenizer",
-                           tmp_path / "padded.json", "--test-split", 0, "--max-seq-length", 16)  # fmt: skip
+                           tmp_path / "padded.json", "--test-split", 0, "--max-seq-length", 16, "--packing", "documents")  # fmt: skip
     assert status == 0, err
     np.testing.assert_array_equal(read_split(again, "train"), ids)
 
@@ -447,10 +448,10 @@ def test_malformed_jsonl_rows(tmp_path, capsys):
     assert_no_output(status, err, output, rf"{re.escape(str(source))}:2: .*not valid JSON")
     status, out, err = build(capsys, "--input-files", source, "--output-dir", output, "--on-bad-line", "skip")
     assert status == 0, err
-    assert "skipped 2 malformed jsonl rows" in out
-    assert json.loads((output / "dataset.json").read_text())["num_documents"]["train"] + json.loads(
-        (output / "dataset.json").read_text()
-    )["num_documents"]["test"] == 2
+    assert "skipped 2 malformed rows" in out
+    metadata = json.loads((output / "dataset.json").read_text())
+    assert metadata["num_documents"]["train"] + metadata["num_documents"]["test"] == 2
+    assert metadata["report"]["dropped"]["malformed"] == 2
 
 
 def test_worker_processes_give_the_same_shards(corpus, tmp_path, capsys):
@@ -458,7 +459,7 @@ def test_worker_processes_give_the_same_shards(corpus, tmp_path, capsys):
     parallel = tmp_path / "parallel"
     status, _, err = build(capsys, "--input-files", source, "--output-dir", parallel, "--tokenizer",
                            output / "tokenizer", "--max-seq-length", 32, "--test-split", 0.25, "--seed", 5,
-                           "--num-workers", 2)  # fmt: skip
+                           "--num-workers", 2, "--packing", "documents")  # fmt: skip
     assert status == 0, err
     for split in ("train", "test"):
         np.testing.assert_array_equal(read_split(parallel, split), read_split(output, split))

@@ -1,6 +1,7 @@
 """The on-disk format of masked-language-model datasets (`dataset/build_text_mlm_dataset.py`):
 
-    <root>/dataset.json                     `MLMDatasetMetadata`
+    <root>/dataset.json                     `MLMDatasetMetadata` (with the `CorpusReport`)
+    <root>/report.txt                       the corpus and vocabulary report, readable
     <root>/tokenizer/                       tokenizer.json, vocab.txt, ... (AutoTokenizer loads it)
     <root>/<split>/shard_00000.npy          token ids [n, seq_len], uint16 or int32, padded with pad_id
     <root>/<split>/shard_00000.nsp.npy      int8 [n], 0 = B follows A, 1 = B is random (NSP datasets)
@@ -21,6 +22,49 @@ from core.errors import UserError
 
 SPLITS = ("train", "test")
 BUILDER_HINT = "build one with: python dataset/build_text_mlm_dataset.py --input-files ... --output-dir ..."
+
+
+class CorpusReport(BaseModel):
+    """What the builder found in the corpus and how the vocabulary fits it (`report` in
+    dataset.json, rendered in report.txt). Per-split figures are dicts `{train, test}`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    files_by_format: dict[str, int] = {}
+    """Input files read, by detected format (text, jsonl, wikiextractor, parquet)."""
+    bytes_read: int = 0
+    """Bytes of the input files on disk."""
+    documents: dict[str, int] = {}
+    """Documents kept per split (after de-duplication)."""
+    lines: dict[str, int] = {}
+    """Lines (paragraphs or sentences, as the corpus gives them) per split."""
+    sentences: dict[str, int] = {}
+    """Sentences per split: terminal punctuation followed by a space, at least one per line."""
+    text_tokens: dict[str, int] = {}
+    """Tokens of the text per split (special tokens excluded)."""
+    unknown_tokens: dict[str, int] = {}
+    """[UNK] tokens per split."""
+    words: dict[str, int] = {}
+    """Words per split: tokens that do not continue a word (`##`); punctuation counts as a word."""
+    split_words: dict[str, int] = {}
+    """Words made of two or more word pieces, per split."""
+    fill_rate: dict[str, float] = {}
+    """Non-padding share of the sequence positions, per split."""
+    duplicates_removed: dict[str, int] = {}
+    """Documents and paragraphs removed as exact repeats (`--dedup`)."""
+    dropped: dict[str, int] = {}
+    """What was not read, by reason: `empty` rows or blocks, `binary` lines, lines `too long`,
+    `malformed` rows (the last three skipped with --on-bad-line skip, or too long)."""
+    unknown_characters: list[tuple[str, int]] = []
+    """The most frequent characters outside the vocabulary, in lines that gave [UNK]."""
+    unknown_rate: float = 0.0
+    """[UNK] share of the text tokens, both splits."""
+    pieces_per_word: float = 0.0
+    """Text tokens per word, both splits."""
+    split_word_share: float = 0.0
+    """Share of the words split into several pieces, both splits."""
+    warnings: list[str] = []
+    """Hints printed at the end of the build (vocabulary too small, wrong language)."""
 
 
 class MLMDatasetMetadata(BaseModel):
@@ -67,6 +111,15 @@ class MLMDatasetMetadata(BaseModel):
     `load_mlm_metadata` they are paths `<root>/<split>/<name>`."""
     dtype: str
     """Storage type of the token ids: `uint16` when the vocabulary fits, else `int32`."""
+    packing: str = "documents"
+    """`full`: documents concatenated with [SEP] between them and cut at `seq_len`;
+    `documents`: each sequence holds lines of one document (datasets built before the
+    option existed)."""
+    dedup: str = "none"
+    """Exact repeats removed before the split: `documents`, `paragraphs` or `none`."""
+    report: CorpusReport | None = None
+    """The corpus and vocabulary report of the build (None for older datasets, and for
+    several folders read together)."""
 
 
 def read_mlm_metadata(path: str | Path) -> MLMDatasetMetadata:
@@ -109,6 +162,8 @@ def load_mlm_metadata(paths: list[str]) -> MLMDatasetMetadata:
                     f"{getattr(metadata, name)}); build them with the same tokenizer and options"
                 )
     merged = first.model_copy(deep=True)
+    if len(metadatas) > 1:
+        merged.report = None  # one build's report does not describe the sum
     for field_name in ("num_documents", "num_sequences", "num_tokens"):
         setattr(merged, field_name, {s: sum(getattr(m, field_name).get(s, 0) for m in metadatas) for s in SPLITS})
     merged.shards = {
