@@ -65,6 +65,13 @@ class TrainModule(nn.Module):
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:  # noqa: D102
         raise NotImplementedError
 
+    def loss_counts(self, carry: Carry, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """The count of every loss term `forward(carry, batch)` will return, computed without
+        the forward. The engine adds them over micro-batches and ranks before the first
+        backward, which is what lets a step be split into micro-batches exactly; None (the
+        default) means the model cannot, and its steps are never split."""
+        return None
+
     def derived_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Extra evaluation metrics computed from the averaged ones (e.g. perplexity)."""
         return {}
@@ -96,8 +103,8 @@ class ParamGroups:
     dense: list[dict[str, Any]]
     """torch.optim parameter groups (`params`, `weight_decay`) of the weights optimiser."""
     sparse_tables: list[nn.Module] = field(default_factory=list)
-    """Embedding tables updated row by row with sign-SGD (TRM's puzzle embeddings); they
-    expose `last_ids` and `last_rows` after a forward."""
+    """Embedding tables updated row by row with sign-SGD (TRM's puzzle embeddings): each
+    exposes `used_rows()` (ids and row gradients since the last step) and `clear_uses()`."""
 
 
 def decay_groups(model: nn.Module, weight_decay: float, exclude: tuple[nn.Module, ...] = ()) -> list[dict[str, Any]]:

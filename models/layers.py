@@ -144,20 +144,41 @@ class SparsePuzzleEmbedding(nn.Module):
 
     The table is a persistent buffer, not a parameter, so Adam, weight decay groups and
     the EMA never see it. In training mode `forward` hands out a detached copy of the
-    rows it uses as a leaf tensor: autograd fills `last_rows.grad`, and the loop updates
-    `weight[last_ids]` from it. Duplicate ids get separate rows; the loop sums them.
+    rows it uses as a leaf tensor and records (ids, rows) in `uses`: autograd fills each
+    `rows.grad`, and the loop updates `weight[ids]` from all the uses of a step (several
+    with gradient accumulation). Duplicate ids get separate rows; the loop sums them.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__()
         self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim))
-        self.last_ids: torch.Tensor | None = None
-        self.last_rows: torch.Tensor | None = None
+        self.uses: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows of the table for `ids` (B,) -> (B, dim)."""
         if not self.training:
             return self.weight[ids]
-        self.last_ids = ids
-        self.last_rows = self.weight[ids].detach().clone().requires_grad_(True)
-        return self.last_rows
+        rows = self.weight[ids].detach().clone().requires_grad_(True)
+        self.uses.append((ids, rows))
+        return rows
+
+    @property
+    def last_ids(self) -> torch.Tensor | None:
+        """The ids of the latest training forward since `clear_uses`."""
+        return self.uses[-1][0] if self.uses else None
+
+    @property
+    def last_rows(self) -> torch.Tensor | None:
+        """The leaf rows of the latest training forward since `clear_uses`."""
+        return self.uses[-1][1] if self.uses else None
+
+    def used_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(ids, row gradients) of every use since `clear_uses` that got a gradient, or None."""
+        graded = [(ids, rows.grad) for ids, rows in self.uses if rows.grad is not None]
+        if not graded:
+            return None
+        return torch.cat([ids for ids, _ in graded]), torch.cat([grad for _, grad in graded])
+
+    def clear_uses(self) -> None:
+        """Forget the recorded rows (their gradients go with them)."""
+        self.uses = []

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from models.interface import decay_groups
+from models.layers import SparsePuzzleEmbedding
 from training.ema import EMA
 from training.optim import AdamAtan2, SparseSignSGD, learning_rate
 
@@ -53,20 +54,13 @@ def test_adam_atan2_state_round_trips_through_weights_only_load(tmp_path):
     assert restored.state_dict()["state"][0]["step"].item() == 1
 
 
-class _Table(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("weight", torch.zeros(5, 2))
-        self.last_ids = None
-        self.last_rows = None
-
-
 def test_sparse_sign_sgd_sums_duplicates_and_touches_only_used_rows():
-    table = _Table()
+    table = SparsePuzzleEmbedding(5, 2).train()
     table.weight += 1.0
-    table.last_ids = torch.tensor([1, 3, 1])
-    table.last_rows = torch.zeros(3, 2, requires_grad=True)
-    table.last_rows.grad = torch.tensor([[0.5, -1.0], [-2.0, 0.0], [-1.0, 0.5]])
+    rows = table(torch.tensor([1, 3]))
+    rows.grad = torch.tensor([[0.5, -1.0], [-2.0, 0.0]])
+    rows = table(torch.tensor([1]))  # a second use in the same step (gradient accumulation)
+    rows.grad = torch.tensor([[-1.0, 0.5]])
     SparseSignSGD([table], lr=0.1, weight_decay=0.5).step()
     # Row 1: summed grad (-0.5, -0.5) -> sign (-1, -1); row 3: (-1, 0).
     expected = torch.ones(5, 2)

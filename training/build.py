@@ -128,7 +128,7 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
     arch_config = validate(plugin.config_class, config.arch, prefix="arch.")
     data_kind = get_data_kind(plugin.data_kind)
     data_options = validate(data_kind.options_class, config.data, prefix="data.")
-    local_batch_size(config.global_batch_size, dist.world_size)  # refuses a batch that does not split
+    micro_batch_size = _micro_batch_size(config, dist)
     project, run_name, run_dir, checkpoint_path = resolve_run(config, arch_config.name)
     metadata = data_kind.load_metadata(config.data_paths)
     if config.init_from_hf:
@@ -166,12 +166,30 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
     evaluator_specs = data_kind.default_evaluators(eval_paths) if config.evaluators is None else config.evaluators
     ctx = RunContext(config=config, arch_config=arch_config, plugin=plugin, data_kind=data_kind,
                      data_options=data_options, dist=dist, run_dir=run_dir, project_name=project, run_name=run_name,
-                     metadata=metadata, eval_paths=eval_paths, evaluators=build_evaluators(evaluator_specs, eval_paths))
+                     metadata=metadata, eval_paths=eval_paths, evaluators=build_evaluators(evaluator_specs, eval_paths),
+                     micro_batch_size=micro_batch_size)
     if checkpoint_path is not None:
         restore(state, ctx, checkpoint_path)
+    forward = model
+    if dist.world_size > 1 and not config.eval_only and optimizer is not None:
+        forward = distributed.wrap_ddp(model, dist)
+        state.no_sync = forward.no_sync
     if config.compile and dist.device.type == "cuda":
-        state.forward = torch.compile(model)
+        forward = torch.compile(forward)
+    state.forward = forward
     return state, ctx, checkpoint_path
+
+
+def _micro_batch_size(config: PretrainConfig, dist: DistContext) -> int:
+    """Rows per forward on this process; refuses sizes that do not split the batch."""
+    local = local_batch_size(config.global_batch_size, dist.world_size)
+    micro = config.micro_batch_size or local
+    if local % micro:
+        raise ConfigError(
+            f"micro_batch_size ({micro}) must divide each process's share of global_batch_size "
+            f"({config.global_batch_size} / {dist.world_size} processes = {local}); pick a divisor of {local}"
+        )
+    return micro
 
 
 def _hf_sized_config(config: PretrainConfig, plugin, arch_config, metadata):
@@ -194,7 +212,9 @@ def open_logger(state: TrainState, ctx: RunContext, restored_from: Path | None) 
     if not ctx.dist.is_main:
         return
     parameters = sum(param.numel() for param in state.model.parameters())
-    where = f"device {ctx.dist.device}, {ctx.dist.world_size} process(es)"
+    local = ctx.config.global_batch_size // ctx.dist.world_size
+    where = (f"device {ctx.dist.device}, {ctx.dist.world_size} process(es), global batch {ctx.config.global_batch_size} "
+             f"= {ctx.dist.world_size} x {local // ctx.micro_batch_size} micro-batch(es) of {ctx.micro_batch_size}")
     if ctx.config.eval_only:
         print(f"evaluating step {state.step} of run {ctx.project_name}/{ctx.run_name} ({restored_from}) on "
               f"{', '.join(ctx.eval_paths)}: {parameters / 1e6:.2f}M parameters, {where}", flush=True)

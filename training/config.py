@@ -42,6 +42,10 @@ class PretrainConfig(BaseModel):
 
     global_batch_size: int
     """Examples per optimiser step, summed over all ranks."""
+    micro_batch_size: int | None = Field(default=None, ge=1)
+    """Examples per forward on each process; None: all of its share (global_batch_size /
+    processes). A smaller value splits each step into that share / micro_batch_size
+    forwards whose gradients add up to the same update (gradient accumulation)."""
     epochs: int
     """Passes over the training data."""
     eval_interval: int | None = None

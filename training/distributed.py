@@ -77,30 +77,27 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_gradients(parameters: list[torch.nn.Parameter], bucket_bytes: int = 64 << 20) -> None:
-    """Sum the gradients of `parameters` over ranks, a flat bucket at a time."""
-    if not is_distributed():
-        return
-    grads = [param.grad for param in parameters if param.grad is not None]
-    bucket: list[torch.Tensor] = []
-    size = 0
-    for grad in grads:
-        if bucket and (size + grad.numel() * grad.element_size() > bucket_bytes or grad.dtype != bucket[0].dtype):
-            _reduce_bucket(bucket)
-            bucket, size = [], 0
-        bucket.append(grad)
-        size += grad.numel() * grad.element_size()
-    if bucket:
-        _reduce_bucket(bucket)
+def wrap_ddp(model: torch.nn.Module, context: DistContext) -> torch.nn.parallel.DistributedDataParallel:
+    """`model` under DistributedDataParallel, its gradients *summed* over ranks.
+
+    The loss is already normalised by global counts (see `training.loop`), so the sum of
+    the ranks' gradients is the global batch's gradient; DDP's default average would
+    divide it by the number of processes. Buffers are not broadcast: the only one that
+    changes (TRM's puzzle-embedding table) is kept equal on every rank by the sparse
+    optimiser, which gathers its rows itself.
+    """
+    wrapped = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[context.device.index] if context.device.type == "cuda" else None,
+        broadcast_buffers=False, gradient_as_bucket_view=True,
+    )
+    wrapped.register_comm_hook(None, _sum_gradients)
+    return wrapped
 
 
-def _reduce_bucket(grads: list[torch.Tensor]) -> None:
-    flat = torch.cat([grad.reshape(-1) for grad in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    offset = 0
-    for grad in grads:
-        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-        offset += grad.numel()
+def _sum_gradients(_state, bucket):  # no annotations: DDP checks them as objects, and they are strings here
+    """DDP communication hook: all-reduce a gradient bucket (a `dist.GradBucket`) with SUM."""
+    work = dist.all_reduce(bucket.buffer(), op=dist.ReduceOp.SUM, async_op=True)
+    return work.get_future().then(lambda future: future.value()[0])
 
 
 def broadcast_object(value, src: int = 0):

@@ -6,13 +6,17 @@ lives behind its plugin (`models.interface.ArchPlugin`) and its data kind
 (`dataset.stream.DataKind`).
 
 One optimiser step:
-1. forward on this rank's slice of the global batch (bf16 autocast on accelerators);
-2. add the loss-term counts over ranks, so that the loss is normalised by global counts;
-3. backward, then sum the gradients over ranks (no DDP wrapper: the sparse puzzle
-   embedding needs its own all-gather, and summing keeps 1-rank and N-rank runs equal);
-4. one collective agrees on "gradients finite?" and "stop signal?"; a non-finite step is
+1. split this rank's slice of the global batch into micro-batches (`micro_batch_size`)
+   and count, before any forward, the items each loss term averages over in the whole
+   global batch (one small all-reduce);
+2. per micro-batch: forward (bf16 autocast on accelerators) and backward of
+   sum(weight * local sum / global count); with several processes the dense gradients
+   are summed by DistributedDataParallel, overlapped with the last micro-batch's
+   backward (`no_sync` before it), so one step of N micro-batches on any number of
+   processes gives the update of one big batch;
+3. one collective agrees on "gradients finite?" and "stop signal?"; a non-finite step is
    skipped and counted;
-5. optimiser, sparse sign-SGD and EMA updates.
+4. optimiser, sparse sign-SGD (its rows gathered over ranks) and EMA updates.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from core.errors import UserError
-from models.interface import StepOutput
+from core.errors import ConfigError, UserError
+from models.interface import Carry, StepOutput
 from training import distributed
 from training.checkpoint import save
 from training.config import PretrainConfig
@@ -38,28 +42,62 @@ from training.signals import StopRequest
 from training.state import RunContext, TrainState
 
 
-def compute_objective(out: StepOutput) -> torch.Tensor:
-    """sum(weight * local sum / global count) over the loss terms (one small all-reduce)."""
+def global_loss_counts(state: TrainState, carries: list[Carry], micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor] | None:
+    """Items each loss term is averaged over in the whole global batch, before any forward
+    (one small all-reduce), or None when the model cannot count ahead (then one micro-batch
+    per step, counted after its forward)."""
+    per_micro = [state.model.loss_counts(carry, micro) for carry, micro in zip(carries, micro_batches)]
+    if per_micro[0] is None:
+        return None
+    names = sorted(per_micro[0])
+    local = torch.stack([sum(counts[name].float() for counts in per_micro) for name in names])
+    return dict(zip(names, distributed.all_reduce_sum(local)))
+
+
+def compute_objective(out: StepOutput, counts: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """sum(weight * local sum / global count) over the loss terms; the gradients summed over
+    micro-batches and ranks are then exactly those of the global batch's mean loss."""
     names = list(out.losses)
-    counts = distributed.all_reduce_sum(torch.stack([out.losses[name][1].detach().float() for name in names]))
+    if counts is None:
+        reduced = distributed.all_reduce_sum(torch.stack([out.losses[name][1].detach().float() for name in names]))
+        counts = dict(zip(names, reduced))
     objective = 0.0
-    for index, name in enumerate(names):
+    for name in names:
         weight = out.loss_weights.get(name, 1.0)
-        objective = objective + weight * out.losses[name][0] / counts[index].clamp(min=1.0)
+        objective = objective + weight * out.losses[name][0] / counts[name].clamp(min=1.0)
     return objective
+
+
+def split_rows(tensors: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    """Consecutive row blocks of `size` of every (batch-first) tensor."""
+    rows = next(iter(tensors.values())).shape[0]
+    return [{key: value[start : start + size] for key, value in tensors.items()} for start in range(0, rows, size)]
 
 
 def train_step(state: TrainState, ctx: RunContext, batch: dict[str, torch.Tensor], stop: StopRequest,
                accumulator: MetricAccumulator) -> bool:
-    """One optimiser step; returns whether every rank agreed to stop after it."""
+    """One optimiser step over this rank's share of the global batch, `micro_batch_size` rows
+    per forward; returns whether every rank agreed to stop after it."""
     if state.carry is None:
         state.carry = state.model.initial_carry(batch)
-    with ctx.autocast():
-        out = state.forward(state.carry, batch)
-    state.carry = out.carry
-    compute_objective(out).backward()
+    size = ctx.micro_batch_size or next(iter(batch.values())).shape[0]
+    micro_batches = split_rows(batch, size)
+    carries = split_rows(state.carry, size) if state.carry else [{}] * len(micro_batches)
+    counts = global_loss_counts(state, carries, micro_batches)
+    if counts is None and len(micro_batches) > 1:
+        raise ConfigError(f"arch {ctx.arch_config.name} cannot count its losses ahead, so it cannot split a step; "
+                          "remove micro_batch_size")
+    outputs = []
+    for index, (carry, micro) in enumerate(zip(carries, micro_batches)):
+        # Gradients are summed over ranks once, after the last micro-batch's backward.
+        syncing = index == len(micro_batches) - 1
+        with ctx.autocast(), (contextlib.nullcontext() if syncing else state.no_sync()):
+            out = state.forward(carry, micro)
+            compute_objective(out, counts).backward()
+        outputs.append(out)
+    if state.carry:
+        state.carry = {key: torch.cat([out.carry[key] for out in outputs]) for key in state.carry}
     params = [param for param in state.model.parameters() if param.grad is not None]
-    distributed.all_reduce_gradients(params)
     max_norm = ctx.config.grad_clip_norm if ctx.config.grad_clip_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
     flags = torch.stack([
@@ -72,7 +110,8 @@ def train_step(state: TrainState, ctx: RunContext, batch: dict[str, torch.Tensor
         _skip_step(state, ctx)
     else:
         _apply_update(state, ctx)
-        accumulator.add("train", {**out.losses, **out.metrics})
+        for out in outputs:
+            accumulator.add("train", {**out.losses, **out.metrics})
         accumulator.add("train", {"grad_norm": (grad_norm.detach().float(), torch.ones(()))})
     state.step += 1
     return stop_votes > 0
@@ -81,8 +120,8 @@ def train_step(state: TrainState, ctx: RunContext, batch: dict[str, torch.Tensor
 def _sparse_grads_nonfinite(state: TrainState) -> torch.Tensor:
     if state.sparse_optimizer is None:
         return torch.zeros(())
-    bad = [~torch.isfinite(t.last_rows.grad).all() for t in state.sparse_optimizer.embeddings
-           if getattr(t, "last_rows", None) is not None and t.last_rows.grad is not None]
+    used = [table.used_rows() for table in state.sparse_optimizer.embeddings]
+    bad = [~torch.isfinite(grads).all() for entry in used if entry is not None for grads in entry[1:]]
     return torch.stack(bad).any().float().cpu() if bad else torch.zeros(())
 
 

@@ -86,24 +86,24 @@ class SparseSignSGD:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Apply the update for the rows recorded by each table's last forward."""
+        """Apply the update for the rows each table recorded since the last step."""
         for embedding in self.embeddings:
-            rows = getattr(embedding, "last_rows", None)
-            if rows is None or rows.grad is None:
+            used = embedding.used_rows()
+            if used is None:
                 continue
-            ids, grads = _gather_rows(embedding.last_ids, rows.grad)
+            ids, grads = _gather_rows(*used)
             unique_ids, inverse = torch.unique(ids, return_inverse=True)
             summed = torch.zeros(len(unique_ids), grads.shape[1], dtype=grads.dtype, device=grads.device)
             summed.index_add_(0, inverse, grads)  # (U, D)
             table = embedding.weight
             updated = table[unique_ids] * (1 - self.lr * self.weight_decay) - self.lr * summed.sign().to(table.dtype)
             table[unique_ids] = updated
-            embedding.last_rows = None
+            embedding.clear_uses()
 
     def zero_grad(self) -> None:
         """Forget the rows of the last batch (their gradients go with them)."""
         for embedding in self.embeddings:
-            embedding.last_rows = None
+            embedding.clear_uses()
 
 
 def _gather_rows(ids: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ class RunContext:
     eval_paths: list[str]
     evaluators: list[Evaluator] = field(default_factory=list)
     logger: MetricsLogger | None = None
+    micro_batch_size: int = 0
+    """Rows per forward on this process; 0 means all of this rank's share of the batch."""
 
     def resolved_config(self) -> dict[str, Any]:
         """The run config with the validated (and possibly HF-derived) arch and data sections."""
@@ -73,5 +76,7 @@ class TrainState:
     total_steps: int
     steps_per_epoch: float
     carry: Carry | None = None
+    no_sync: Callable[[], Any] = contextlib.nullcontext
+    """Context in which backward does not sum gradients over ranks (DDP's `no_sync`)."""
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0

@@ -276,6 +276,13 @@ class Bert(BertEncoder):
             return {}
         return {"perplexity": math.exp(min(metrics["mlm_loss"], 700.0))}
 
+    def loss_counts(self, carry: Carry, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Labelled positions (MLM) and labelled pairs (NSP) of the batch."""
+        counts = {"mlm_loss": (batch["labels"] != IGNORE_LABEL_ID).sum()}
+        if self.config.loss.use_nsp:
+            counts["nsp_loss"] = (batch["next_sentence_label"] != IGNORE_LABEL_ID).sum()
+        return counts
+
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
         """One MLM (+ NSP) step: summed losses and metrics with their counts."""
         labels = batch["labels"]

@@ -75,6 +75,10 @@ class BertSequenceClassifier(BertTaskModel):
         """(B, num_labels), as `BertForSequenceClassification(...).logits`."""
         return self.head(self.encode(input_ids, token_type_ids, attention_mask)[:, 0])
 
+    def loss_counts(self, carry: Carry, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rows that carry a label (padding rows of the last batch do not)."""
+        return {"loss": (batch["row_index"] >= 0).sum()}
+
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Loss and accuracy (or squared error) over the rows that carry a label."""
         tokens, layout = self.final_states(batch)
@@ -110,6 +114,10 @@ class BertTokenClassifier(BertTaskModel):
         """(B, L, num_labels), as `BertForTokenClassification(...).logits`."""
         return self.classifier(self.dropout(self.encode(input_ids, token_type_ids, attention_mask)))
 
+    def loss_counts(self, carry: Carry, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Tokens that carry a tag (first word pieces of real words)."""
+        return {"loss": (batch["labels"] != IGNORE_LABEL_ID).sum()}
+
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Loss and tag accuracy over the scored tokens; the predicted tag of every token."""
         tokens, layout = self.final_states(batch)
@@ -138,6 +146,10 @@ class BertQuestionAnswering(BertTaskModel):
         """Start and end logits (B, L) each, as `BertForQuestionAnswering`'s."""
         both = self.qa_outputs(self.encode(input_ids, token_type_ids, attention_mask))  # (B, L, 2)
         return both[..., 0], both[..., 1]
+
+    def loss_counts(self, carry: Carry, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Windows that are real rows (padding rows of the last batch are not)."""
+        return {"loss": (batch["row_index"] >= 0).sum()}
 
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
         """(start loss + end loss) / 2 per window; start and end logits for the evaluator."""

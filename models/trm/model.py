@@ -211,6 +211,15 @@ class TRM(TrainModule):
         min_steps = 2 + torch.floor(noise[:, 1] * (config.halt_max_steps - 1)).to(steps.dtype)  # in [2, max]
         return halted & (~exploring | (steps >= min_steps))
 
+    def loss_counts(self, carry: Carry, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rows with labels after the refill `forward` does: every loss term averages over them."""
+        labels = torch.where(carry["halted"][:, None], batch["labels"], carry["labels"])  # (B, L)
+        num_sequences = (labels != IGNORE_LABEL_ID).any(-1).sum()
+        names = ["lm_loss", "q_halt_loss"]
+        if self.training and not self.config.no_ACT_continue:
+            names.append("q_continue_loss")
+        return dict.fromkeys(names, num_sequences)
+
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
         """One supervision step for every slot; returns losses, metrics and the new carry."""
         state = self._reset_halted(carry, batch)
