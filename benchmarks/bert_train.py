@@ -153,7 +153,7 @@ def ours_worker(args: argparse.Namespace) -> dict:
     config = PretrainConfig(
         arch=arch.model_dump(), data={"trim_padding_to_multiple": 8 if args.trim else None}, data_paths=[args.data],
         global_batch_size=args.batch, epochs=1, lr=1e-4, optimizer="adamw", beta2=0.999, weight_decay=0.01,
-        grad_clip_norm=1.0, lr_warmup_steps=0, device=args.device, compile=bool(args.compile), wandb="disabled",
+        grad_clip_norm=1.0, lr_warmup_steps=0, device=args.device, compile="auto" if args.compile else False, wandb="disabled",
         checkpoint_path=str(Path(tempfile.gettempdir()) / "bert-train-benchmark"),
     )
     state, ctx, _ = setup(config, DistContext(0, 1, 0, device))  # builds; writes nothing

@@ -174,6 +174,7 @@ def engine_step(arch_name: str, arch, metadata, config, stream, device):
 
     from dataset.kinds import get_data_kind
     from models.registry import get_arch
+    from training.build import compiles
     from training.distributed import DistContext
     from training.loop import train_step
     from training.metrics import MetricAccumulator
@@ -187,7 +188,7 @@ def engine_step(arch_name: str, arch, metadata, config, stream, device):
     optimizer, sparse = build_optimizers(plugin.param_groups(model, config.weight_decay), config.optimizer, config.lr,
                                          (config.beta1, config.beta2), False, config.puzzle_emb_lr,
                                          config.puzzle_emb_weight_decay)
-    forward = torch.compile(model) if config.compile and device.type == "cuda" else model
+    forward = torch.compile(model) if compiles(config, device) else model
     state = TrainState(model=model, forward=forward, optimizer=optimizer, sparse_optimizer=sparse, ema=None,
                        stream=stream, stream_state=stream.state_dict() if stream else {}, step=0, total_steps=10**6,
                        steps_per_epoch=1.0)

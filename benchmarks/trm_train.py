@@ -211,7 +211,7 @@ def ours_worker(args: argparse.Namespace, size: str, batch_size: int) -> dict:
     metadata = SimpleNamespace(vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN, num_puzzle_identifiers=1)
     config = PretrainConfig(arch=arch.model_dump(), data_paths=["unused"], global_batch_size=batch_size, epochs=1,
                             lr=1e-4, puzzle_emb_lr=1e-4, weight_decay=1.0, puzzle_emb_weight_decay=1.0,
-                            lr_warmup_steps=0, device=args.device, compile=bool(args.compile), wandb="disabled")
+                            lr_warmup_steps=0, device=args.device, compile="auto" if args.compile else False, wandb="disabled")
     _, step = common.engine_step("trm", arch, metadata, config, None, device)
     return timed_loop(args, device, batch_size, step)
 

@@ -174,10 +174,15 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
     if dist.world_size > 1 and not config.eval_only and optimizer is not None:
         forward = distributed.wrap_ddp(model, dist)
         state.no_sync = forward.no_sync
-    if config.compile and dist.device.type == "cuda":
+    if compiles(config, dist.device):
         forward = torch.compile(forward)
     state.forward = forward
     return state, ctx, checkpoint_path
+
+
+def compiles(config: PretrainConfig, device: torch.device) -> bool:
+    """Whether the training forward is compiled (`compile`: auto on GPUs, true, false)."""
+    return config.compile is True or (config.compile == "auto" and device.type == "cuda")
 
 
 def _micro_batch_size(config: PretrainConfig, dist: DistContext) -> int:

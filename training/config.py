@@ -101,8 +101,9 @@ class PretrainConfig(BaseModel):
     them: the cores this process may use,
     shared by the processes of this machine, minus the cores other jobs keep busy (1-minute
     load average at start), at least 1. Oversubscribed threads are several times slower."""
-    compile: bool = True
-    """`torch.compile` the model on accelerators (CPU runs eager)."""
+    compile: bool | Literal["auto"] = "auto"
+    """`torch.compile` the training forward: `auto` on GPUs only (on CPUs the compile time
+    rarely pays back), true everywhere (inductor on CPU too), false never."""
     log_interval: int = 10
     """Steps between metric records (means over the interval)."""
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
