@@ -23,17 +23,17 @@ import numpy as np
 
 from core.cli import argument_parser
 from core.errors import UserError, run_cli
-from dataset.build_text_mlm_dataset import TokenizerChoice
 from dataset.tasks.builder import (
     add_common_args,
     check_common_args,
-    eval_set_names,
     id_dtype,
     open_tokenizer,
     padded,
+    read_sets,
     write_dataset,
 )
 from dataset.tasks.format import TRAIN
+from dataset.text.tokenizer import TokenizerChoice
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -160,11 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     """Read the files, cut contexts into windows, and write the dataset folder atomically."""
     args = parse_args(argv)
     check_args(args)
-    names = eval_set_names(args.validation_files, args.validation_names)
-    sources = {TRAIN: args.train_files, **{name: [file] for name, file in zip(names, args.validation_files)}}
-    questions = {name: [q for file in files for q in read_squad(Path(file))] for name, files in sources.items()}
-    if not questions[TRAIN]:
-        raise UserError(f"--train-files {' '.join(args.train_files)} hold no questions")
+    questions = read_sets(args, read_squad, "questions")
     choice = open_tokenizer(args.tokenizer)
     splits = {}
     for name, split in questions.items():

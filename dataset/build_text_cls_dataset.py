@@ -28,17 +28,17 @@ import numpy as np
 
 from core.cli import argument_parser
 from core.errors import UserError, run_cli
-from dataset.build_text_mlm_dataset import TokenizerChoice
 from dataset.tasks.builder import (
     add_common_args,
     check_common_args,
-    eval_set_names,
     id_dtype,
     open_tokenizer,
     padded,
+    read_sets,
     write_dataset,
 )
 from dataset.tasks.format import TRAIN
+from dataset.text.tokenizer import TokenizerChoice
 
 Row = tuple[list[str], str]
 """(texts, label) of one line."""
@@ -194,11 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     """Read the files, fix the labels, tokenise, and write the dataset folder atomically."""
     args = parse_args(argv)
     check_args(args)
-    names = eval_set_names(args.validation_files, args.validation_names)
-    sources = {TRAIN: [Path(file) for file in args.train_files], **{n: [Path(f)] for n, f in zip(names, args.validation_files)}}
-    rows = {name: [row for file in files for row in read_rows(file, args)] for name, files in sources.items()}
-    if not rows[TRAIN]:
-        raise UserError(f"--train-files {' '.join(args.train_files)} hold no rows")
+    rows = read_sets(args, lambda file: read_rows(file, args), "rows")
     task, labels = label_scheme([label for split in rows.values() for _, label in split], args)
     choice = open_tokenizer(args.tokenizer)
     splits = {name: build_split(split, task, labels, choice, args.max_seq_length, name != TRAIN)

@@ -23,17 +23,17 @@ import numpy as np
 from core.cli import argument_parser
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError, run_cli
-from dataset.build_text_mlm_dataset import TokenizerChoice
 from dataset.tasks.builder import (
     add_common_args,
     check_common_args,
-    eval_set_names,
     id_dtype,
     open_tokenizer,
     padded,
+    read_sets,
     write_dataset,
 )
 from dataset.tasks.format import TRAIN
+from dataset.text.tokenizer import TokenizerChoice
 
 Sentence = tuple[list[str], list[str]]
 """(words, tags)."""
@@ -111,12 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     """Read the files, collect the tags, tokenise, and write the dataset folder atomically."""
     args = parse_args(argv)
     check_common_args(args)
-    names = eval_set_names(args.validation_files, args.validation_names)
-    sources = {TRAIN: args.train_files, **{name: [file] for name, file in zip(names, args.validation_files)}}
-    sentences = {name: [s for file in files for s in read_conll(Path(file), args.token_column, args.tag_column)]
-                 for name, files in sources.items()}
-    if not sentences[TRAIN]:
-        raise UserError(f"--train-files {' '.join(args.train_files)} hold no sentences")
+    sentences = read_sets(args, lambda file: read_conll(file, args.token_column, args.tag_column), "sentences")
     tags = {tag for split in sentences.values() for _, sentence_tags in split for tag in sentence_tags}
     labels = ["O", *sorted(tags - {"O"})]
     choice = open_tokenizer(args.tokenizer)

@@ -48,6 +48,34 @@ Every rank yields the same number of batches of the same shape; the last global 
 padded with rows that carry no label, so evaluators and metrics skip them."""
 
 
+class EpochOrder:
+    """Which row each position of an endless stream reads: epoch e visits all `num_rows`
+    rows in the order of `seeded_rng(seed, e)`'s permutation, epochs back to back, so the
+    position alone (no replay) says where a resumed stream is."""
+
+    def __init__(self, seed: int, num_rows: int):
+        self.seed = seed
+        self.num_rows = num_rows
+        self._permutations: dict[int, np.ndarray] = {}
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        """The visiting order of `epoch` (the last two are kept: a batch can span epochs)."""
+        if epoch not in self._permutations:
+            self._permutations = {e: p for e, p in self._permutations.items() if e == epoch - 1}
+            self._permutations[epoch] = seeded_rng(self.seed, epoch).permutation(self.num_rows)
+        return self._permutations[epoch]
+
+    def rows(self, start: int, count: int) -> np.ndarray:
+        """Rows at stream positions start..start+count-1."""
+        positions = start + np.arange(count, dtype=np.int64)  # (n,)
+        epochs, offsets = np.divmod(positions, self.num_rows)
+        rows = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            in_epoch = epochs == epoch
+            rows[in_epoch] = self._permutation(int(epoch))[offsets[in_epoch]]
+        return rows
+
+
 def seeded_rng(*keys: int) -> np.random.Generator:
     """A numpy generator determined by integer keys (seed, epoch, position, ...)."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(k) for k in keys])))

@@ -1,21 +1,23 @@
 """What the three fine-tuning builders share: the common flags, the tokenizer (reused from a
 pretraining dataset, a checkpoint, a `transformers` folder, a `tokenizer.json` or a BERT
-`vocab.txt`, through `build_text_mlm_dataset.load_tokenizer`), evaluation-set names, row
+`vocab.txt`, through `dataset.text.tokenizer.load_tokenizer`), evaluation-set names, row
 padding and the atomic write of the dataset folder."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from core.errors import UserError
 from core.files import atomic_folder, write_json
-from dataset.build_text_mlm_dataset import TokenizerChoice, load_tokenizer, save_tokenizer
 from dataset.tasks.format import TRAIN, TaskDatasetMetadata, write_split
+from dataset.text.tokenizer import TokenizerChoice, load_tokenizer, save_tokenizer
+
+T = TypeVar("T")
 
 
 def add_common_args(parser: argparse.ArgumentParser, max_seq_length: int) -> None:
@@ -43,6 +45,17 @@ def check_common_args(args: argparse.Namespace) -> None:
             raise UserError(f"input file {file} does not exist")
     if Path(args.output_dir).exists() and not args.overwrite:
         raise UserError(f"output folder {args.output_dir} already exists; choose another --output-dir or pass --overwrite")
+
+
+def read_sets(args, read_file: Callable[[Path], Iterable[T]], noun: str) -> dict[str, list[T]]:
+    """The items of every set: `train` from `--train-files`, one evaluation set per
+    `--validation-files` file (named by `eval_set_names`); an empty training set is refused."""
+    names = eval_set_names(args.validation_files, args.validation_names)
+    sources = {TRAIN: args.train_files, **{name: [file] for name, file in zip(names, args.validation_files)}}
+    items = {name: [item for file in files for item in read_file(Path(file))] for name, files in sources.items()}
+    if not items[TRAIN]:
+        raise UserError(f"--train-files {' '.join(args.train_files)} hold no {noun}")
+    return items
 
 
 def eval_set_names(files: Sequence[str], names: Sequence[str] | None) -> list[str]:

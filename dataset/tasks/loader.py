@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.batching import rank_rows
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError
-from dataset.stream import Batch, EvalBatches, seeded_rng
+from dataset.stream import Batch, EpochOrder, EvalBatches
 from dataset.tasks.format import TRAIN, TaskDatasetMetadata, load_split, load_task_metadata
 
 
@@ -98,29 +98,12 @@ class TaskTrainStream:
         self.global_batch_size = global_batch_size
         self.examples_per_epoch = float(self.num_rows)
         self._position = 0
-        self._permutations: dict[int, np.ndarray] = {}
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        """The visiting order of `epoch` (the last two are kept: a batch can span epochs)."""
-        if epoch not in self._permutations:
-            self._permutations = {e: p for e, p in self._permutations.items() if e == epoch - 1}
-            self._permutations[epoch] = seeded_rng(self.seed, epoch).permutation(self.num_rows)
-        return self._permutations[epoch]
-
-    def _rows(self, start: int, count: int) -> np.ndarray:
-        """Training rows at stream positions start..start+count-1."""
-        positions = start + np.arange(count, dtype=np.int64)  # (n,)
-        epochs, offsets = np.divmod(positions, self.num_rows)
-        rows = np.empty(count, dtype=np.int64)
-        for epoch in np.unique(epochs):
-            in_epoch = epochs == epoch
-            rows[in_epoch] = self._permutation(int(epoch))[offsets[in_epoch]]
-        return rows
+        self._order = EpochOrder(seed, self.num_rows)
 
     def next_batch(self) -> Batch:
         """This rank's slice of the next global batch."""
         first, stop = self._rows_of_rank
-        global_rows = self._rows(self._position, self.global_batch_size)  # (B,)
+        global_rows = self._order.rows(self._position, self.global_batch_size)  # (B,)
         self._position += self.global_batch_size
         width = _width(np.asarray(self.arrays["input_ids"][np.sort(global_rows)]), self.metadata.pad_id,
                        self.options.trim_padding_to_multiple)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.batching import rank_rows
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError
-from dataset.stream import Batch, EvalBatches, seeded_rng
+from dataset.stream import Batch, EpochOrder, EvalBatches, seeded_rng
 from dataset.text.format import MLMDatasetMetadata, load_mlm_metadata
 from dataset.text.masking import Masker, MaskingConfig, build_masker
 
@@ -174,30 +174,13 @@ class MLMTrainStream:
         self.rank, self.world_size = rank, world_size
         self.examples_per_epoch = float(self._train.num_rows)
         self._position = 0
-        self._permutations: dict[int, np.ndarray] = {}
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        """The visiting order of `epoch` (the last two are kept: a batch can span epochs)."""
-        if epoch not in self._permutations:
-            self._permutations = {e: p for e, p in self._permutations.items() if e == epoch - 1}
-            self._permutations[epoch] = seeded_rng(self.seed, epoch).permutation(self._train.num_rows)
-        return self._permutations[epoch]
-
-    def _rows(self, start: int, count: int) -> np.ndarray:
-        """Sequence rows at stream positions start..start+count-1."""
-        positions = start + np.arange(count, dtype=np.int64)  # (n,)
-        epochs, offsets = np.divmod(positions, self._train.num_rows)
-        rows = np.empty(count, dtype=np.int64)
-        for epoch in np.unique(epochs):
-            in_epoch = epochs == epoch
-            rows[in_epoch] = self._permutation(int(epoch))[offsets[in_epoch]]
-        return rows
+        self._order = EpochOrder(seed, self._train.num_rows)
 
     def next_batch(self) -> Batch:
         """This rank's slice of the next global batch (see the module docstring for the keys)."""
         start = self._position
         first, stop = self._rows_of_rank
-        global_rows = self._rows(start, self.global_batch_size)  # (B,)
+        global_rows = self._order.rows(start, self.global_batch_size)  # (B,)
         rows = global_rows[first:stop]  # (b,)
         stored = self._train.take(rows)
         if self._masker is None:
