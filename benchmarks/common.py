@@ -114,8 +114,31 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def append_results(title: str, command: str, table: str, notes: list[str]) -> None:
-    """Print the table and append a dated section to benchmarks/RESULTS.md."""
+def add_output_options(parser) -> None:
+    """`--no-record`, `--results-file` and `--json`: where a benchmark's results go."""
+    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    parser.add_argument("--results-file", type=Path, default=None,
+                        help="append the results section to this file instead of benchmarks/RESULTS.md")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the medians to this JSON file (benchmarks/gpu_check.sh reads it)")
+
+
+def record(args, title: str, table: str, notes: list[str], medians: dict | None = None) -> None:
+    """Print the table, append its section (unless `--no-record`) and write `--json`."""
+    if args.json is not None:  # {title: {contender: {figure: median}}}, one title per table of the run
+        tables = json.loads(args.json.read_text()) if args.json.is_file() else {}
+        tables[title] = medians or {}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(tables, indent=1) + "\n")
+    if args.no_record:
+        print(table)
+        return
+    append_results(title, command_line(), table, notes, args.results_file)
+
+
+def append_results(title: str, command: str, table: str, notes: list[str], results_file: Path | None = None) -> None:
+    """Print the table and append a dated section to benchmarks/RESULTS.md (or `results_file`)."""
+    results_file = results_file or RESULTS_FILE
     machine = machine_description()
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"### {title} ({stamp})", "", f"Command: `{command}`", ""]
@@ -124,9 +147,9 @@ def append_results(title: str, command: str, table: str, notes: list[str]) -> No
     lines += [f"- {note}" for note in notes]
     section = "\n".join(lines).rstrip() + "\n\n"
     print("\n" + section)
-    if not RESULTS_FILE.exists():
+    if results_file == RESULTS_FILE and not RESULTS_FILE.exists():
         RESULTS_FILE.write_text("# Benchmark results\n\nAppended by `python -m benchmarks.<name>`.\n\n")
-    with open(RESULTS_FILE, "a", encoding="utf-8") as handle:
+    with open(results_file, "a", encoding="utf-8") as handle:
         handle.write(section)
 
 

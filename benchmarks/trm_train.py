@@ -2,11 +2,14 @@
 
     python -m benchmarks.trm_train                    # CPU: the small config, then the Sudoku one
     python -m benchmarks.trm_train --device cuda      # GPU: Sudoku recipe, compiled and eager
+    python -m benchmarks.trm_train --device cuda --size arc   # GPU: ARC recipe (900 + 16 positions)
 
 Both contenders run the Sudoku recipe's model (hidden 512, 8 heads, L_layers 2,
 H_cycles 3, L_cycles 6, RoPE, 16 prefix positions: 81 + 16 = 97 positions, stablemax
-loss, halt_max_steps 16, exploration 0.1) or a small one, on the same random
-Sudoku-shaped batches, in float32 on CPU and bf16 autocast on CUDA:
+loss, halt_max_steps 16, exploration 0.1), the ARC recipe's (the same with L_cycles 4,
+on 30 x 30 grids: 900 + 16 positions, 12 tokens) or a small one, on the same random
+batches of the task's shape (`--shape`; Sudoku's unless the size is `arc`), in float32
+on CPU and bf16 autocast on CUDA:
 - "this project": `training.loop.train_step` on `models.trm.TRM` with Adam-atan2 and
   the sparse sign-SGD of `utils.optim` (compiled on CUDA; "eager" too with `--device cuda`);
 - "reference": `ReferenceTRM` below, a direct, readable transcription of
@@ -33,10 +36,17 @@ SIZES = {
     "test": dict(hidden_size=32, num_heads=2, L_layers=1, H_cycles=2, L_cycles=2),
     "small": dict(hidden_size=128, num_heads=4, L_layers=2, H_cycles=2, L_cycles=2),
     "sudoku": dict(hidden_size=512, num_heads=8, L_layers=2, H_cycles=3, L_cycles=6),
+    "arc": dict(hidden_size=512, num_heads=8, L_layers=2, H_cycles=3, L_cycles=4),
 }
-"""Model sizes by name; `sudoku` is the paper's Sudoku-attention recipe."""
-DEFAULT_BATCH = {"cpu": {"test": 4, "small": 32, "sudoku": 4}, "cuda": {"test": 64, "small": 768, "sudoku": 768}}
-SEQ_LEN, VOCAB_SIZE, PREFIX = 81, 11, 16
+"""Model sizes by name; `sudoku` and `arc` are the paper's Sudoku-attention and ARC recipes."""
+SHAPES = {"sudoku": (81, 11), "arc": (900, 12)}
+"""Task shapes: (positions of a puzzle, vocabulary). ARC: a 30 x 30 grid of pad, end and 10 colours."""
+DEFAULT_BATCH = {"cpu": {"test": 4, "small": 32, "sudoku": 4, "arc": 1},
+                 "cuda": {"test": 64, "small": 768, "sudoku": 768, "arc": 128}}
+"""Slots per step; ARC's recipe batch of 768 does not fit one GPU at 916 positions, 128 does."""
+COMPILE = {"auto": "auto", "true": True, "false": False}
+"""`--compile` -> `PretrainConfig.compile`."""
+PREFIX = 16
 HALT_MAX_STEPS, EXPLORATION = 16, 0.1
 
 
@@ -83,24 +93,25 @@ class ReferenceBlock(nn.Module):
 class ReferenceTRM(nn.Module):
     """TRM with ACT and continuous batching, straight from TRM.md (no puzzle table)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, L_layers: int, H_cycles: int, L_cycles: int):
+    def __init__(self, hidden_size: int, num_heads: int, L_layers: int, H_cycles: int, L_cycles: int,
+                 seq_len: int = 81, vocab_size: int = 11):
         super().__init__()
         hidden = hidden_size
         self.hidden, self.H_cycles, self.L_cycles = hidden, H_cycles, L_cycles
-        self.embed = nn.Embedding(VOCAB_SIZE, hidden)
+        self.embed = nn.Embedding(vocab_size, hidden)
         nn.init.trunc_normal_(self.embed.weight, std=1 / math.sqrt(hidden))
         self.blocks = nn.ModuleList(ReferenceBlock(hidden, num_heads) for _ in range(L_layers))
-        self.lm_head, self.q_head = lecun(hidden, VOCAB_SIZE), lecun(hidden, 2, bias=True)
+        self.lm_head, self.q_head = lecun(hidden, vocab_size), lecun(hidden, 2, bias=True)
         nn.init.zeros_(self.q_head.weight)
         nn.init.constant_(self.q_head.bias, -5.0)
         self.register_buffer("y_init", torch.randn(hidden))
         self.register_buffer("z_init", torch.randn(hidden))
         head_dim = hidden // num_heads
         frequencies = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
-        angles = torch.outer(torch.arange(PREFIX + SEQ_LEN).float(), frequencies).repeat(1, 2)  # (T, hs)
+        angles = torch.outer(torch.arange(PREFIX + seq_len).float(), frequencies).repeat(1, 2)  # (T, hs)
         self.register_buffer("cos", angles.cos())
         self.register_buffer("sin", angles.sin())
-        # Sudoku has one puzzle identifier: its (zero-initialised, sign-SGD trained) vector.
+        # One puzzle identifier (Sudoku's case): its (zero-initialised, sign-SGD trained) vector.
         self.puzzle_vector = torch.zeros(hidden)
 
     def net(self, hidden: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
@@ -167,14 +178,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--size", choices=sorted(SIZES), action="append", default=None,
                         help="repeatable; default: small and sudoku on CPU, sudoku on CUDA")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default=None,
+                        help="the task's positions and vocabulary (default: arc for size arc, else sudoku)")
+    parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
+                        help="this project's `compile` setting (auto: on CUDA only)")
+    parser.add_argument("--eager", action="store_true",
+                        help="also time this project with compile=false (always on CUDA)")
     parser.add_argument("--batch", type=int, default=None, help="slots per step (default per size and device)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per worker (CPU 3, CUDA 30)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (CPU 1, CUDA 10)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    common.add_output_options(parser)
     parser.add_argument("--worker", choices=("ours", "reference"), default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--compile", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
     args.size = args.size or (["sudoku"] if cuda else ["small", "sudoku"])
@@ -185,14 +201,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def make_batches(count: int, batch: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
-    """Seeded random Sudoku-shaped batches (tokens 1..10 in, digits 2..10 out)."""
+def task_shape(args: argparse.Namespace, size: str) -> tuple[int, int]:
+    """(positions, vocabulary) of the batches: `--shape`, else ARC's for size arc, else Sudoku's."""
+    return SHAPES[args.shape or ("arc" if size == "arc" else "sudoku")]
+
+
+def make_batches(count: int, batch: int, device: torch.device, seq_len: int = 81,
+                 vocab_size: int = 11) -> list[dict[str, torch.Tensor]]:
+    """Seeded random puzzle-shaped batches (tokens 1..V-1 in, 2..V-1 out)."""
     generator = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(count):
         values = dict(
-            inputs=torch.randint(1, VOCAB_SIZE, (batch, SEQ_LEN), generator=generator),
-            labels=torch.randint(2, VOCAB_SIZE, (batch, SEQ_LEN), generator=generator),
+            inputs=torch.randint(1, vocab_size, (batch, seq_len), generator=generator),
+            labels=torch.randint(2, vocab_size, (batch, seq_len), generator=generator),
             puzzle_identifiers=torch.zeros(batch, dtype=torch.int64),
             noise=torch.rand(batch, 2, generator=generator),
         )
@@ -208,19 +230,21 @@ def ours_worker(args: argparse.Namespace, size: str, batch_size: int) -> dict:
     device = torch.device(args.device)
     arch = TRMConfig(name="trm", halt_max_steps=HALT_MAX_STEPS, halt_exploration_prob=EXPLORATION,
                      puzzle_emb_len=PREFIX, **SIZES[size])
-    metadata = SimpleNamespace(vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN, num_puzzle_identifiers=1)
+    seq_len, vocab_size = task_shape(args, size)
+    metadata = SimpleNamespace(vocab_size=vocab_size, seq_len=seq_len, num_puzzle_identifiers=1)
     config = PretrainConfig(arch=arch.model_dump(), data_paths=["unused"], global_batch_size=batch_size, epochs=1,
                             lr=1e-4, puzzle_emb_lr=1e-4, weight_decay=1.0, puzzle_emb_weight_decay=1.0,
-                            lr_warmup_steps=0, device=args.device, compile="auto" if args.compile else False, wandb="disabled")
+                            lr_warmup_steps=0, device=args.device, compile=COMPILE[args.compile], wandb="disabled")
     _, step = common.engine_step("trm", arch, metadata, config, None, device)
-    return timed_loop(args, device, batch_size, step)
+    return timed_loop(args, device, batch_size, step, seq_len, vocab_size)
 
 
 def reference_worker(args: argparse.Namespace, size: str, batch_size: int) -> dict:
     """Time `ReferenceTRM` with the per-tensor Adam-atan2 and sign-SGD on the puzzle vector."""
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = ReferenceTRM(**SIZES[size]).to(device).train()
+    seq_len, vocab_size = task_shape(args, size)
+    model = ReferenceTRM(**SIZES[size], seq_len=seq_len, vocab_size=vocab_size).to(device).train()
     model.puzzle_vector = model.puzzle_vector.to(device)
     params, optimizer_state = list(model.parameters()), {}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -228,7 +252,7 @@ def reference_worker(args: argparse.Namespace, size: str, batch_size: int) -> di
 
     def step(batch: dict[str, torch.Tensor]) -> None:
         if not carry:
-            shape = (batch_size, PREFIX + SEQ_LEN, model.hidden)
+            shape = (batch_size, PREFIX + seq_len, model.hidden)
             carry.update(y=torch.zeros(shape, device=device), z=torch.zeros(shape, device=device),
                          steps=torch.zeros(batch_size, dtype=torch.int64, device=device),
                          halted=torch.ones(batch_size, dtype=torch.bool, device=device),
@@ -241,13 +265,14 @@ def reference_worker(args: argparse.Namespace, size: str, batch_size: int) -> di
             model.puzzle_vector.sub_(1e-4 * model.rows.grad.sum(0).sign())
         carry.update(new_carry)
 
-    return timed_loop(args, device, batch_size, step)
+    return timed_loop(args, device, batch_size, step, seq_len, vocab_size)
 
 
-def timed_loop(args: argparse.Namespace, device: torch.device, batch_size: int, step) -> dict:
+def timed_loop(args: argparse.Namespace, device: torch.device, batch_size: int, step, seq_len: int,
+               vocab_size: int) -> dict:
     """Warm up, then time `args.steps` steps; examples (slot-steps) per second."""
     cuda = device.type == "cuda"
-    batches = make_batches(args.warmup + args.steps, batch_size, device)
+    batches = make_batches(args.warmup + args.steps, batch_size, device, seq_len, vocab_size)
     for batch in batches[: args.warmup]:
         step(batch)
     if cuda:
@@ -267,11 +292,14 @@ def timed_loop(args: argparse.Namespace, device: torch.device, batch_size: int, 
 def run_size(args: argparse.Namespace, size: str) -> None:
     """Interleaved rounds for one size; table and record."""
     batch = args.batch or DEFAULT_BATCH[args.device][size]
-    shared = ["--device", args.device, "--size", size, "--batch", str(batch), "--steps", str(args.steps),
-              "--warmup", str(args.warmup)] + (["--threads", str(args.threads)] if args.threads else [])
-    runs = {"this project": ["--worker", "ours", *shared], "reference": ["--worker", "reference", *shared]}
-    if args.device == "cuda":
-        runs["this project, eager"] = ["--worker", "ours", "--compile", "0", *shared]
+    seq_len, _ = task_shape(args, size)
+    shape = args.shape or ("arc" if size == "arc" else "sudoku")
+    shared = ["--device", args.device, "--size", size, "--shape", shape, "--batch", str(batch), "--steps",
+              str(args.steps), "--warmup", str(args.warmup)] + (["--threads", str(args.threads)] if args.threads else [])
+    runs = {"this project": ["--worker", "ours", "--compile", args.compile, *shared],
+            "reference": ["--worker", "reference", *shared]}
+    if args.device == "cuda" or args.eager:
+        runs["this project, eager"] = ["--worker", "ours", "--compile", "false", *shared]
     results = common.interleaved(runs, "benchmarks.trm_train", args.rounds)
     reference = common.median_of(results["reference"], "examples_per_s")
     memory_key = "peak_cuda_mb" if args.device == "cuda" else "max_rss_mb"
@@ -281,15 +309,14 @@ def run_size(args: argparse.Namespace, size: str) -> None:
     memory_label = "peak CUDA memory (MB)" if args.device == "cuda" else "peak RSS of the process (MB)"
     table = common.format_table(["contender", "examples/s (median)", "vs reference", memory_label], rows)
     dtype = "bf16 autocast" if args.device == "cuda" else "float32"
-    notes = [f"size {size} {SIZES[size]}, 81 + 16 positions, batch {batch}, {dtype}, {args.warmup} warm-up + "
-             f"{args.steps} timed steps per worker, {args.rounds} interleaved rounds, "
-             f"torch threads per worker: {args.threads or 'default'}",
+    notes = [f"size {size} {SIZES[size]}, {shape} shape: {seq_len} + {PREFIX} positions, batch {batch}, {dtype}, "
+             f"{args.warmup} warm-up + {args.steps} timed steps per worker, {args.rounds} interleaved rounds, "
+             f"torch threads per worker: {args.threads or 'default'}, this project's compile={args.compile}",
              "per-round examples/s: " + "; ".join(
                  f"{name}: " + ", ".join(f"{x['examples_per_s']:,.1f}" for x in r) for name, r in results.items())]
-    if args.no_record:
-        print(table)
-        return
-    common.append_results(f"trm_train: {size} on {args.device}", common.command_line(), table, notes)
+    medians = {name: {key: common.median_of(r, key) for key in ("examples_per_s", "peak_cuda_mb", "max_rss_mb")}
+               for name, r in results.items()}
+    common.record(args, f"trm_train: {size}, {shape} shape, on {args.device}", table, notes, medians)
 
 
 def main(argv: list[str] | None = None) -> None:
