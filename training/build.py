@@ -131,22 +131,7 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
     micro_batch_size = _micro_batch_size(config, dist)
     project, run_name, run_dir, checkpoint_path = resolve_run(config, arch_config.name)
     metadata = data_kind.load_metadata(config.data_paths)
-    if config.init_from_hf:
-        arch_config = _hf_sized_config(config, plugin, arch_config, metadata)
-    start = starting_point(config.init_from, plugin, arch_config, metadata) if config.init_from else None
-    arch_config = start.arch_config if start else arch_config
-    torch.manual_seed(config.seed)
-    model = plugin.build(arch_config, metadata).to(dist.device)
-    if config.init_from_hf:
-        report = plugin.hf_load(model, config.init_from_hf)
-        if dist.is_main:
-            print(f"initialised from {config.init_from_hf}: {len(report.loaded)} tensors loaded; "
-                  f"freshly initialised: {', '.join(report.missing) or 'none'}; "
-                  f"ignored: {', '.join(report.unused) or 'none'}", flush=True)
-    if start is not None:
-        banner = start.load(model).banner()
-        if dist.is_main:
-            print(banner, flush=True)
+    arch_config, model = _build_model(config, plugin, arch_config, metadata, dist)
     optimizer, sparse_optimizer = build_optimizers(
         plugin.param_groups(model, config.weight_decay), config.optimizer, config.lr, (config.beta1, config.beta2),
         config.freeze_weights, config.puzzle_emb_lr, config.puzzle_emb_weight_decay,
@@ -170,14 +155,42 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
                      micro_batch_size=micro_batch_size)
     if checkpoint_path is not None:
         restore(state, ctx, checkpoint_path)
-    forward = model
-    if dist.world_size > 1 and not config.eval_only and optimizer is not None:
-        forward = distributed.wrap_ddp(model, dist)
+    _wrap_forward(state, config, dist)
+    return state, ctx, checkpoint_path
+
+
+def _build_model(config: PretrainConfig, plugin, arch_config, metadata, dist: DistContext):
+    """(arch config, model on its device): sized and initialised from `+init_from_hf` or
+    `+init_from` when given, with a banner line saying what was loaded."""
+    if config.init_from_hf:
+        arch_config = _hf_sized_config(config, plugin, arch_config, metadata)
+    start = starting_point(config.init_from, plugin, arch_config, metadata) if config.init_from else None
+    arch_config = start.arch_config if start else arch_config
+    torch.manual_seed(config.seed)
+    model = plugin.build(arch_config, metadata).to(dist.device)
+    banner = None
+    if config.init_from_hf:
+        report = plugin.hf_load(model, config.init_from_hf)
+        banner = (f"initialised from {config.init_from_hf}: {len(report.loaded)} tensors loaded; "
+                  f"freshly initialised: {', '.join(report.missing) or 'none'}; "
+                  f"ignored: {', '.join(report.unused) or 'none'}")
+    if start is not None:
+        banner = start.load(model).banner()
+    if banner and dist.is_main:
+        print(banner, flush=True)
+    return arch_config, model
+
+
+def _wrap_forward(state: TrainState, config: PretrainConfig, dist: DistContext) -> None:
+    """What the loop calls: DDP over several training processes, then `torch.compile`
+    (compilation last, so checkpoints keep the plain module's state-dict names)."""
+    forward = state.model
+    if dist.world_size > 1 and not config.eval_only and state.optimizer is not None:
+        forward = distributed.wrap_ddp(state.model, dist)
         state.no_sync = forward.no_sync
     if compiles(config, dist.device):
         forward = torch.compile(forward)
     state.forward = forward
-    return state, ctx, checkpoint_path
 
 
 def compiles(config: PretrainConfig, device: torch.device) -> bool:
