@@ -324,13 +324,7 @@ def summarise(args: argparse.Namespace, results: dict[str, list[dict]]) -> tuple
 def main(argv: list[str] | None = None) -> None:
     """Run the comparison, or one worker when `--worker` is given."""
     args = parse_args(argv)
-    if args.worker is not None:
-        if args.threads is not None:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        worker = ours_worker if args.worker == "ours" else hf_worker
-        common.report_worker_result(worker(args))
+    if common.run_worker_if_asked(args, {"ours": ours_worker, "hf": hf_worker}):
         return
     packings = ("full", "documents") if args.packing == "both" else (args.packing,)
     data = {packing: prepare_dataset(args.seq_len, packing, args.vocab, args.corpus, args.tokenizer)

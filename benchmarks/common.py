@@ -78,6 +78,19 @@ def run_worker(module: str, args: list[str], timeout: float = 900) -> dict:
     raise RuntimeError(f"worker {' '.join(command)} printed no result:\n{done.stdout[-2000:]}")
 
 
+def run_worker_if_asked(args, workers: dict) -> bool:
+    """In a worker process (`--worker NAME`): set its torch threads (`--threads`), run
+    `workers[NAME](args)` and report the result; returns whether it did."""
+    if args.worker is None:
+        return False
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    report_worker_result(workers[args.worker](args))
+    return True
+
+
 def report_worker_result(result: dict) -> None:
     """Print a worker's result for `run_worker`, adding the process's peak RSS in MB."""
     import resource

@@ -270,12 +270,7 @@ def summarise(args: argparse.Namespace, results: dict[str, list[dict]]) -> tuple
 def main(argv: list[str] | None = None) -> None:
     """Prepare the task, run both contenders seed by seed, record the table."""
     args = parse_args(argv)
-    if args.worker is not None:
-        if args.threads is not None:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        common.report_worker_result(hf_worker(args))
+    if common.run_worker_if_asked(args, {"hf": hf_worker}):
         return
     files, data = prepare(args)
     results: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
