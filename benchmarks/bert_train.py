@@ -160,13 +160,7 @@ def ours_worker(args: argparse.Namespace) -> dict:
     """Time `train_step` on this project's BERT, built by `training.build.setup` and fed as `fit` feeds it."""
     import torch
 
-    from training.build import setup
     from training.config import PretrainConfig
-    from training.distributed import DistContext
-    from training.loop import train_step
-    from training.metrics import MetricAccumulator
-    from training.prefetch import device_batches
-    from training.signals import StopRequest
 
     device = torch.device(args.device)
     arch = _bert_config(args, bool(args.unpad))
@@ -176,17 +170,8 @@ def ours_worker(args: argparse.Namespace) -> dict:
         grad_clip_norm=1.0, lr_warmup_steps=0, device=args.device, compile=COMPILE[args.compile], wandb="disabled",
         checkpoint_path=str(Path(tempfile.gettempdir()) / "bert-train-benchmark"),
     )
-    state, ctx, _ = setup(config, DistContext(0, 1, 0, device))  # builds; writes nothing
-    state.total_steps = 10**6
-    stop, accumulator = StopRequest(), MetricAccumulator()
-    batches, host = device_batches(state.stream, device), {}
-
-    def step() -> None:
-        item = next(batches)
-        state.stream_state, host["batch"] = item.stream_state, item.host
-        train_step(state, ctx, item.device, stop, accumulator)
-
-    return _timed_loop(args, device, step, lambda: host["batch"], arch, ctx.metadata.vocab_size, close=batches.close)
+    ctx, step, last_host, close = common.setup_step(config, device)
+    return _timed_loop(args, device, step, last_host, arch, ctx.metadata.vocab_size, close=close)
 
 
 def hf_worker(args: argparse.Namespace) -> dict:

@@ -200,6 +200,29 @@ class Timer:
         self.seconds = time.perf_counter() - self._start
 
 
+def setup_step(config, device):
+    """(run context, `step()`, the last host batch, close) for a run that
+    `training.build.setup` builds from `config` (writing nothing), fed the way `fit` feeds it."""
+    from training.build import setup
+    from training.distributed import DistContext
+    from training.loop import train_step
+    from training.metrics import MetricAccumulator
+    from training.prefetch import device_batches
+    from training.signals import StopRequest
+
+    state, ctx, _ = setup(config, DistContext(0, 1, 0, device))
+    state.total_steps = 10**6
+    stop, accumulator = StopRequest(), MetricAccumulator()
+    batches, host = device_batches(state.stream, device), {}
+
+    def step() -> None:
+        item = next(batches)
+        state.stream_state, host["batch"] = item.stream_state, item.host
+        train_step(state, ctx, item.device, stop, accumulator)
+
+    return ctx, step, lambda: host["batch"], batches.close
+
+
 def engine_step(arch_name: str, arch, metadata, config, stream, device):
     """`step(batch)` running the engine's `train_step` on a fresh model, as `fit` would.
 

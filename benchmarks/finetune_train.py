@@ -96,13 +96,7 @@ def ours_worker(args: argparse.Namespace) -> dict:
     """Time `train_step` on `bert_cls`, built by `training.build.setup` and fed as `fit` feeds it."""
     import torch
 
-    from training.build import setup
     from training.config import PretrainConfig
-    from training.distributed import DistContext
-    from training.loop import train_step
-    from training.metrics import MetricAccumulator
-    from training.prefetch import device_batches
-    from training.signals import StopRequest
 
     device = torch.device("cpu")
     config = PretrainConfig(
@@ -112,20 +106,11 @@ def ours_worker(args: argparse.Namespace) -> dict:
         lr_schedule="linear", lr_min_ratio=0.0, device="cpu", compile=False, wandb="disabled", evaluators=[],
         checkpoint_path=str(Path(tempfile.gettempdir()) / "finetune-train-benchmark"),
     )
-    state, ctx, _ = setup(config, DistContext(0, 1, 0, device))  # builds; writes nothing
-    state.total_steps = 10**6
-    stop, accumulator = StopRequest(), MetricAccumulator()
-    batches, host = device_batches(state.stream, device), {}
-
-    def step() -> None:
-        item = next(batches)
-        state.stream_state, host["batch"] = item.stream_state, item.host
-        train_step(state, ctx, item.device, stop, accumulator)
-
+    _, step, last_host, close = common.setup_step(config, device)
     try:
-        return _timed_loop(args, step, lambda: host["batch"])
+        return _timed_loop(args, step, last_host)
     finally:
-        batches.close()
+        close()
 
 
 def hf_worker(args: argparse.Namespace) -> dict:
