@@ -55,6 +55,7 @@ def launch(raw_config: dict, overrides: list[str] = ()) -> None:
             fit(state, ctx)
         if ctx.logger is not None:
             ctx.logger.close()
+        distributed.barrier()  # leave together: a rank that tears down gloo early can abort
     finally:
         distributed.destroy()
 
