@@ -95,3 +95,27 @@ def test_update_one_already_gets_its_warmup_share(tmp_path, monkeypatch):
     assert used == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
     logged = {r["step"]: r["train/lr"] for r in records if "train/lr" in r}
     assert logged == pytest.approx({1: 2.5e-4, 2: 5e-4, 3: 7.5e-4, 4: 1e-3, 5: 1e-3, 6: 1e-3})
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 100.0, 0.5])
+def test_gradients_are_clipped_only_above_the_limit(clip_norm):
+    import torch
+
+    from training.loop import gradient_norm
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[1].bias.requires_grad_(False)  # a parameter without a gradient takes no part
+    grads = [torch.arange(p.numel(), dtype=torch.float32).view_as(p) / 7 for p in model.parameters() if p.requires_grad]
+    for param, grad in zip([p for p in model.parameters() if p.requires_grad], grads):
+        param.grad = grad.clone()
+    expected_norm = torch.cat([g.flatten() for g in grads]).norm().item()  # sqrt(sum of squares) = 3.67
+    storages = [p.grad.data_ptr() for p in model.parameters() if p.grad is not None]
+    norm = gradient_norm(model, clip_norm)
+    assert norm.item() == pytest.approx(expected_norm, rel=1e-6)
+    scale = clip_norm / expected_norm if 0 < clip_norm < expected_norm else 1.0
+    after = [p.grad for p in model.parameters() if p.grad is not None]
+    assert [g.data_ptr() for g in after] == storages
+    for grad, original in zip(after, grads):
+        assert torch.allclose(grad, original * scale, rtol=1e-6, atol=0), clip_norm
+    assert torch.cat([g.flatten() for g in after]).norm().item() == pytest.approx(min(expected_norm, clip_norm or 1e9),
+                                                                                rel=1e-5)

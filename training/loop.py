@@ -96,10 +96,10 @@ def train_step(state: TrainState, ctx: RunContext, batch: dict[str, torch.Tensor
             compute_objective(out, counts).backward()
         outputs.append(out)
     if state.carry:
-        state.carry = {key: torch.cat([out.carry[key] for out in outputs]) for key in state.carry}
-    params = [param for param in state.model.parameters() if param.grad is not None]
-    max_norm = ctx.config.grad_clip_norm if ctx.config.grad_clip_norm > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+        # One micro-batch: its carry as it is (a concatenation would copy the latents every step).
+        state.carry = {key: outputs[0].carry[key] if len(outputs) == 1 else torch.cat([out.carry[key] for out in outputs])
+                       for key in state.carry}
+    grad_norm = gradient_norm(state.model, ctx.config.grad_clip_norm)
     flags = torch.stack([
         (~torch.isfinite(grad_norm.float())).float().to(ctx.dist.device),
         _sparse_grads_nonfinite(state).to(ctx.dist.device),
@@ -115,6 +115,18 @@ def train_step(state: TrainState, ctx: RunContext, batch: dict[str, torch.Tensor
         accumulator.add("train", {"grad_norm": (grad_norm.detach().float(), torch.ones(()))})
     state.step += 1
     return stop_votes > 0
+
+
+def gradient_norm(model: torch.nn.Module, clip_norm: float) -> torch.Tensor:
+    """The global norm of `model`'s gradients, which are then scaled down to `clip_norm` when
+    it is positive and exceeded (without clipping they are only read, never rewritten)."""
+    params = [param for param in model.parameters() if param.grad is not None]
+    if not params:
+        return torch.zeros(())
+    norm = torch.nn.utils.get_total_norm([param.grad for param in params])
+    if clip_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
+    return norm
 
 
 def _sparse_grads_nonfinite(state: TrainState) -> torch.Tensor:
