@@ -289,6 +289,11 @@ def timed_loop(args: argparse.Namespace, device: torch.device, batch_size: int, 
 # ------------------------------------------------------------------------------ parent
 
 
+def _rate(value: float) -> str:
+    """Examples/s with three significant digits at least (the Sudoku size runs ~1.7 on CPU)."""
+    return f"{value:,.1f}" if value >= 100 else f"{value:.3g}"
+
+
 def run_size(args: argparse.Namespace, size: str) -> None:
     """Interleaved rounds for one size; table and record."""
     batch = args.batch or DEFAULT_BATCH[args.device][size]
@@ -303,7 +308,7 @@ def run_size(args: argparse.Namespace, size: str) -> None:
     results = common.interleaved(runs, "benchmarks.trm_train", args.rounds)
     reference = common.median_of(results["reference"], "examples_per_s")
     memory_key = "peak_cuda_mb" if args.device == "cuda" else "max_rss_mb"
-    rows = [[name, f"{common.median_of(r, 'examples_per_s'):,.1f}",
+    rows = [[name, _rate(common.median_of(r, 'examples_per_s')),
              f"{common.median_of(r, 'examples_per_s') / reference:.2f}x", f"{common.median_of(r, memory_key):,.0f}"]
             for name, r in results.items()]
     memory_label = "peak CUDA memory (MB)" if args.device == "cuda" else "peak RSS of the process (MB)"
@@ -313,7 +318,7 @@ def run_size(args: argparse.Namespace, size: str) -> None:
              f"{args.warmup} warm-up + {args.steps} timed steps per worker, {args.rounds} interleaved rounds, "
              f"torch threads per worker: {args.threads or 'default'}, this project's compile={args.compile}",
              "per-round examples/s: " + "; ".join(
-                 f"{name}: " + ", ".join(f"{x['examples_per_s']:,.1f}" for x in r) for name, r in results.items())]
+                 f"{name}: " + ", ".join(_rate(x['examples_per_s']) for x in r) for name, r in results.items())]
     medians = {name: {key: common.median_of(r, key) for key in ("examples_per_s", "peak_cuda_mb", "max_rss_mb")}
                for name, r in results.items()}
     common.record(args, f"trm_train: {size}, {shape} shape, on {args.device}", table, notes, medians)
