@@ -300,8 +300,7 @@ def summarise(args: argparse.Namespace, results: dict[str, list[dict]]) -> tuple
         f"mask rate 0.15, {args.warmup} warm-up + {args.steps} timed steps per worker, "
         f"{args.rounds} interleaved rounds, "
         f"torch threads per worker: {args.threads or 'default'}, this project's compile={args.compile}",
-        "per-round tokens/s: " + "; ".join(
-            f"{name}: " + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in runs) for name, runs in results.items()),
+        "per-round tokens/s: " + common.per_round(results, "tokens_per_s", "{:,.0f}".format),
     ]
     return table, notes
 

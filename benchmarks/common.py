@@ -120,6 +120,11 @@ def median_of(results: list[dict], key: str) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def per_round(results: dict[str, list[dict]], key: str, show) -> str:
+    """One figure of every round, per contender: `name: a, b, c; other: d, e, f` (`show` formats a value)."""
+    return "; ".join(f"{name}: " + ", ".join(show(r[key]) for r in runs) for name, runs in results.items())
+
+
 def format_table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

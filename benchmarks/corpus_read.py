@@ -139,8 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         f"corpus: wikitext-2 validation x{args.scale} ({size:.1f} MB as plain text; WikiExtractor "
         f"{paths['wikiextractor'].stat().st_size / 1e6:.1f} MB, parquet {paths['parquet'].stat().st_size / 1e6:.1f} MB "
         "on disk), the same documents in each",
-        "per-round seconds: " + "; ".join(
-            f"{name}: " + ", ".join(f"{x['seconds']:.2f}" for x in r) for name, r in results.items()),
+        "per-round seconds: " + common.per_round(results, "seconds", "{:.2f}".format),
         f"de-duplication hash set: {dedup['mb_per_million']:.0f} MB of resident memory per million distinct "
         "documents (or paragraphs with --dedup paragraphs)",
     ]

@@ -206,8 +206,7 @@ def summarise(args: argparse.Namespace, results: dict[str, list[dict]]) -> tuple
         f"real tokens per step: {common.median_of(results[REFERENCE], 'mean_tokens_per_step'):,.0f} "
         "(the same rows for every contender); 'positions computed' is the batch width x rows each contender is given "
         "(this project's dense layers then skip the padding)",
-        "per-round tokens/s: " + "; ".join(
-            f"{name}: " + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in runs) for name, runs in results.items()),
+        "per-round tokens/s: " + common.per_round(results, "tokens_per_s", "{:,.0f}".format),
     ]
     return table, notes
 

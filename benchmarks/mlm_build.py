@@ -112,8 +112,7 @@ def run_scale(args: argparse.Namespace, scale: int) -> tuple[list[list[str]], di
              f"{common.median_of(r, 'mb_per_s') / reference:.2f}x", f"{common.median_of(r, 'max_rss_mb'):,.0f}"]
             for name, r in results.items()]
     peaks = {name: common.median_of(r, "max_rss_mb") for name, r in results.items()}
-    note = f"{scale}x per-round MB/s: " + "; ".join(
-        f"{name}: " + ", ".join(f"{x['mb_per_s']:.2f}" for x in r) for name, r in results.items())
+    note = f"{scale}x per-round MB/s: " + common.per_round(results, "mb_per_s", "{:.2f}".format)
     return rows, peaks, note
 
 

@@ -317,8 +317,7 @@ def run_size(args: argparse.Namespace, size: str) -> None:
     notes = [f"size {size} {SIZES[size]}, {shape} shape: {seq_len} + {PREFIX} positions, batch {batch}, {dtype}, "
              f"{args.warmup} warm-up + {args.steps} timed steps per worker, {args.rounds} interleaved rounds, "
              f"torch threads per worker: {args.threads or 'default'}, this project's compile={args.compile}",
-             "per-round examples/s: " + "; ".join(
-                 f"{name}: " + ", ".join(_rate(x['examples_per_s']) for x in r) for name, r in results.items())]
+             "per-round examples/s: " + common.per_round(results, "examples_per_s", _rate)]
     medians = {name: {key: common.median_of(r, key) for key in ("examples_per_s", "peak_cuda_mb", "max_rss_mb")}
                for name, r in results.items()}
     common.record(args, f"trm_train: {size}, {shape} shape, on {args.device}", table, notes, medians)

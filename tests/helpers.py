@@ -67,6 +67,17 @@ TINY_BERT = [
 ]
 
 
+THREE_STEP_RUNS = {
+    "trm": (make_puzzle_dataset, TINY_TRM + ["global_batch_size=16", "epochs=3", "eval_interval=3", "lr=1e-3",
+                                             "max_steps=3"], "train/lm_loss"),
+    "bert": (make_mlm_dataset, TINY_BERT + ["arch.hidden_dropout_prob=0", "arch.attention_dropout_prob=0",
+                                            "global_batch_size=8", "epochs=3", "eval_interval=3", "lr=1e-3",
+                                            "max_steps=3"], "train/mlm_loss"),
+}
+"""(dataset maker, overrides, training-loss key) of a 3-step run per architecture, dropout off,
+for comparing two ways of running the same steps (bf16, compile, CUDA vs CPU)."""
+
+
 def tiny_bert_config(use_nsp: bool = False, **overrides):
     """A 2-layer, hidden-64, 4-head BertConfig without dropout, for model tests."""
     from models.bert.config import BertConfig, BertLossConfig

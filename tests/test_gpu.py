@@ -15,23 +15,16 @@ import pytest
 import torch
 
 from pretrain import launch
-from tests.helpers import TINY_BERT, TINY_TRM, compose_config, make_mlm_dataset, make_puzzle_dataset
+from tests.helpers import THREE_STEP_RUNS, compose_config, make_mlm_dataset
 from training.metrics import read_metrics
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-RUNS = {
-    "trm": (make_puzzle_dataset, TINY_TRM + ["global_batch_size=16", "epochs=3", "eval_interval=3", "lr=1e-3",
-                                             "max_steps=3"], "train/lm_loss"),
-    "bert": (make_mlm_dataset, TINY_BERT + ["arch.hidden_dropout_prob=0", "arch.attention_dropout_prob=0",
-                                            "global_batch_size=8", "epochs=3", "eval_interval=3", "lr=1e-3",
-                                            "max_steps=3"], "train/mlm_loss"),
-}
 
 
 def _train_losses(arch: str, tmp_path, name: str, extra: list[str]) -> list[float]:
     """The per-step training losses of a 3-step run of `arch` with `extra` overrides."""
-    make_data, overrides, key = RUNS[arch]
+    make_data, overrides, key = THREE_STEP_RUNS[arch]
     data = tmp_path / "data"
     if not data.exists():
         make_data(data)

@@ -9,22 +9,14 @@ import pytest
 import torch
 
 from pretrain import launch
-from tests.helpers import TINY_BERT, TINY_TRM, compose_config, make_mlm_dataset, make_puzzle_dataset, tiny_bert_config
+from tests.helpers import THREE_STEP_RUNS, compose_config, tiny_bert_config
 from training.metrics import read_metrics
-
-RUNS = {
-    "trm": (make_puzzle_dataset, TINY_TRM + ["global_batch_size=16", "epochs=3", "eval_interval=3", "lr=1e-3",
-                                             "max_steps=3"], "train/lm_loss"),
-    "bert": (make_mlm_dataset, TINY_BERT + ["arch.hidden_dropout_prob=0", "arch.attention_dropout_prob=0",
-                                            "global_batch_size=8", "epochs=3", "eval_interval=3", "lr=1e-3",
-                                            "max_steps=3"], "train/mlm_loss"),
-}
 
 
 @pytest.mark.compile
 @pytest.mark.parametrize("arch", ["trm", "bert"])
 def test_compiled_training_with_accumulation_matches_eager(arch, tmp_path):
-    make_data, overrides, key = RUNS[arch]
+    make_data, overrides, key = THREE_STEP_RUNS[arch]
     overrides = overrides + [f"data_paths=[{make_data(tmp_path / 'data')}]"]
     losses = {}
     for name, extra in (("eager", ["compile=false"]), ("compiled", ["compile=true", "micro_batch_size=4"])):
