@@ -26,14 +26,12 @@ from core.errors import UserError, run_cli
 from dataset.tasks.builder import (
     add_common_args,
     check_common_args,
-    id_dtype,
-    open_tokenizer,
     padded,
     read_sets,
     write_dataset,
 )
 from dataset.tasks.format import TRAIN
-from dataset.text.tokenizer import TokenizerChoice
+from dataset.text.tokenizer import TokenizerChoice, id_dtype, load_tokenizer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -161,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_args(args)
     questions = read_sets(args, read_squad, "questions")
-    choice = open_tokenizer(args.tokenizer)
+    choice = load_tokenizer(args.tokenizer)
     splits = {}
     for name, split in questions.items():
         arrays, skipped = build_split(split, choice, args, train=name == TRAIN)

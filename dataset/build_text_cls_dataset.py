@@ -31,14 +31,12 @@ from core.errors import UserError, run_cli
 from dataset.tasks.builder import (
     add_common_args,
     check_common_args,
-    id_dtype,
-    open_tokenizer,
     padded,
     read_sets,
     write_dataset,
 )
 from dataset.tasks.format import TRAIN
-from dataset.text.tokenizer import TokenizerChoice
+from dataset.text.tokenizer import TokenizerChoice, id_dtype, load_tokenizer
 
 Row = tuple[list[str], str]
 """(texts, label) of one line."""
@@ -196,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     check_args(args)
     rows = read_sets(args, lambda file: read_rows(file, args), "rows")
     task, labels = label_scheme([label for split in rows.values() for _, label in split], args)
-    choice = open_tokenizer(args.tokenizer)
+    choice = load_tokenizer(args.tokenizer)
     splits = {name: build_split(split, task, labels, choice, args.max_seq_length, name != TRAIN)
               for name, split in rows.items()}
     write_dataset(args, choice, task, labels, splits, {"num_texts": len(args.text_columns)})

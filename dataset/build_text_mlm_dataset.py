@@ -84,6 +84,7 @@ from dataset.text.tokenizer import (
     SPECIAL_TOKENS,
     TokenizerChoice,
     continuation_mask,
+    id_dtype,
     load_tokenizer,
     new_tokenizer,
     save_tokenizer,
@@ -508,12 +509,13 @@ def write_shards(
 ) -> BuildStats:
     """Stream every document through de-duplication, tokenisation and packing into the split writers."""
     started = time.perf_counter()
+    continuation = continuation_mask(choice.tokenizer)  # (V,) which ids continue a word
     stats = BuildStats(
         CorpusReader(files, args.on_bad_line, args.text_field), Deduplicator(args.dedup),
-        ReportCounter(continuation_mask(choice.tokenizer), choice.special_ids["[UNK]"]),
+        ReportCounter(continuation, choice.special_ids["[UNK]"]),
     )  # fmt: skip
     reader = stats.reader
-    pair_maker = PairMaker(args.seed, continuation_mask(choice.tokenizer)) if args.nsp else None
+    pair_maker = PairMaker(args.seed, continuation) if args.nsp else None
     packers = {}
     if args.packing == "full":
         packers = {split: FullPacker(writers[split], args.max_seq_length - 2, choice.special_ids["[SEP]"])
@@ -549,7 +551,7 @@ def build(args: argparse.Namespace, files: list[Path], choice: TokenizerChoice, 
     """Write the tokenizer, the shards, dataset.json and report.txt into `folder`; returns the metadata."""
     vocab_sha256 = save_tokenizer(choice, folder / "tokenizer", args.max_seq_length)
     vocab_size = choice.tokenizer.get_vocab_size(with_added_tokens=True)
-    dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+    dtype = id_dtype(vocab_size)
     ids = choice.special_ids
     special = [ids[token] for token in SPECIAL_TOKENS]
     masker = Masker(vocab_size, special, ids["[MASK]"], args.mask_prob) if args.static_masking else None

@@ -26,14 +26,12 @@ from core.errors import UserError, run_cli
 from dataset.tasks.builder import (
     add_common_args,
     check_common_args,
-    id_dtype,
-    open_tokenizer,
     padded,
     read_sets,
     write_dataset,
 )
 from dataset.tasks.format import TRAIN
-from dataset.text.tokenizer import TokenizerChoice
+from dataset.text.tokenizer import TokenizerChoice, id_dtype, load_tokenizer
 
 Sentence = tuple[list[str], list[str]]
 """(words, tags)."""
@@ -114,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     sentences = read_sets(args, lambda file: read_conll(file, args.token_column, args.tag_column), "sentences")
     tags = {tag for split in sentences.values() for _, sentence_tags in split for tag in sentence_tags}
     labels = ["O", *sorted(tags - {"O"})]
-    choice = open_tokenizer(args.tokenizer)
+    choice = load_tokenizer(args.tokenizer)
     splits = {}
     for name, split in sentences.items():
         arrays, cut = encode_sentences(split, labels, choice, args.max_seq_length)

@@ -10,17 +10,22 @@ the same global batch and keeps its own slice (`rank * local : (rank + 1) * loca
 a run gives the same batches whatever the number of processes, and the position in the
 stream is a few integers that a checkpoint stores (`state_dict`) to resume exactly.
 
-Batches are dicts of numpy arrays, batch-first; the loop moves them to the device.
+Batches are dicts of numpy arrays, batch-first; the loop moves them to the device. The
+loaders of every family share `open_npy` (reading a stored array) and `trimmed_width`
+(cutting a batch's trailing padding) from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel
+
+from core.errors import UserError
 
 Batch = dict[str, np.ndarray]
 
@@ -74,6 +79,26 @@ class EpochOrder:
             in_epoch = epochs == epoch
             rows[in_epoch] = self._permutation(int(epoch))[offsets[in_epoch]]
         return rows
+
+
+def trimmed_width(ids: np.ndarray, pad_id: int, multiple: int) -> int:
+    """Columns of a batch of token ids (b, L) to keep: up to the last real token of any row,
+    rounded up to `multiple` (at most L). Padding is only ever at the end of a sequence."""
+    length = ids.shape[1]
+    real_columns = np.flatnonzero((ids != pad_id).any(axis=0))  # (k,)
+    longest = int(real_columns[-1]) + 1 if len(real_columns) else 1
+    return min(length, -(-longest // multiple) * multiple)
+
+
+def open_npy(path: Path) -> np.ndarray:
+    """Memory-map one stored `.npy` array (pickles refused, so reading it runs no code); a
+    missing or unreadable file is a `UserError` that says to rebuild the dataset."""
+    if not path.is_file():
+        raise UserError(f"{path} is missing; the dataset is incomplete, rebuild it")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise UserError(f"{path} cannot be read ({error}); rebuild the dataset") from None
 
 
 def seeded_rng(*keys: int) -> np.random.Generator:

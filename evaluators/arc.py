@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.errors import UserError
 from dataset.puzzles import arc
+from evaluators.gather import gather_objects
 
 FALLBACK_GRID = [[0]]
 """Submitted when a test input has fewer ranked predictions than attempts."""
@@ -161,11 +161,7 @@ class ARCEvaluator:
 
     def gather(self, world_size: int) -> Votes:
         """Every rank's votes added up (all ranks must call it when distributed)."""
-        if world_size > 1 and dist.is_available() and dist.is_initialized():
-            parts: list[Votes | None] = [None] * world_size
-            dist.all_gather_object(parts, self.votes)
-            return merge_votes(parts)
-        return merge_votes([self.votes])
+        return merge_votes(gather_objects(self.votes, world_size))
 
     def finish(self, run_dir: Path | None, rank: int, world_size: int) -> dict[str, float] | None:
         """Gather votes, score pass@K, write `submission.json` on rank 0."""

@@ -139,17 +139,18 @@ class SquadEvaluator:
             return None
         metrics = {}
         for set_name in self.metadata.eval_sets:
-            predictions = self.predict(set_name, records.get(set_name, {}))
-            scores = squad_scores(predictions, read_examples(self.root, set_name))
+            examples = read_examples(self.root, set_name)
+            predictions = self.predict(set_name, examples, records.get(set_name, {}))
+            scores = squad_scores(predictions, examples)
             metrics.update({f"{set_name}/{key}": value for key, value in scores.items()})
             if run_dir is not None:
                 write_predictions(run_dir, f"{set_name}/predictions.json", json.dumps(predictions, indent=1))
         return metrics
 
-    def predict(self, set_name: str, rows: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[str, str]:
-        """{question id: answer} of one set."""
+    def predict(self, set_name: str, examples: list[dict],
+                rows: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[str, str]:
+        """{question id: answer} of one set, whose `examples` were read by the caller."""
         arrays = load_split(self.root, self.metadata, set_name)
-        examples = read_examples(self.root, set_name)
         windows: dict[int, list] = collections.defaultdict(list)
         for row, (starts, ends) in sorted(rows.items()):
             windows[int(arrays["example_index"][row])].append((starts, ends, np.asarray(arrays["offsets"][row])))

@@ -11,7 +11,7 @@ import torch
 
 from core.errors import UserError
 from dataset.puzzles import arc
-from evaluators import arc as arc_evaluator
+from evaluators import gather
 from evaluators.arc import ARCEvaluator, ARCEvaluatorConfig
 from evaluators.registry import build_evaluators
 from tests.test_arc_dataset import build_synthetic, load_split
@@ -175,8 +175,8 @@ def test_votes_are_gathered_across_ranks(data, test_rows, tmp_path, monkeypatch)
     def fake_all_gather_object(output, obj):
         output[:] = [evaluator.votes for evaluator in ranks]
 
-    monkeypatch.setattr(arc_evaluator.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(arc_evaluator.dist, "all_gather_object", fake_all_gather_object)
+    monkeypatch.setattr(gather.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(gather.dist, "all_gather_object", fake_all_gather_object)
     assert ranks[1].finish(tmp_path / "rank1", 1, 2) is None and not (tmp_path / "rank1").exists()
     assert ranks[0].finish(tmp_path / "rank0", 0, 2) == pytest.approx(expected)
     assert (tmp_path / "rank0" / "submission.json").read_text() == (tmp_path / "single" / "submission.json").read_text()

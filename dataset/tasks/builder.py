@@ -15,7 +15,7 @@ import numpy as np
 from core.errors import UserError
 from core.files import atomic_folder, write_json
 from dataset.tasks.format import TRAIN, TaskDatasetMetadata, write_split
-from dataset.text.tokenizer import TokenizerChoice, load_tokenizer, save_tokenizer
+from dataset.text.tokenizer import TokenizerChoice, save_tokenizer
 
 T = TypeVar("T")
 
@@ -69,16 +69,6 @@ def eval_set_names(files: Sequence[str], names: Sequence[str] | None) -> list[st
     if len(set(chosen)) != len(chosen):
         raise UserError(f"two --validation-files have the same name ({', '.join(chosen)}); pass --validation-names")
     return chosen
-
-
-def open_tokenizer(path: str) -> TokenizerChoice:
-    """The `--tokenizer`, loaded as the MLM builder loads it (no padding, no truncation)."""
-    return load_tokenizer(path)
-
-
-def id_dtype(vocab_size: int) -> type:
-    """uint16 when every id fits, else int32."""
-    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
 
 
 def padded(rows: Sequence[Sequence[int]], seq_len: int, fill: int, dtype) -> np.ndarray:

@@ -31,9 +31,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.errors import UserError
+from dataset.stream import open_npy
 
 TRAIN = "train"
-TASKS = ("classification", "regression", "token_classification", "question_answering")
 Task = Literal["classification", "regression", "token_classification", "question_answering"]
 BUILDER_HINT = ("build one with dataset/build_text_cls_dataset.py, dataset/build_token_cls_dataset.py "
                 "or dataset/build_qa_dataset.py")
@@ -72,11 +72,6 @@ class TaskDatasetMetadata(BaseModel):
     """Examples per split (rows of a question answering split are windows of fewer questions)."""
     options: dict[str, Any] = {}
     """Builder options the evaluators need (e.g. `max_answer_length`, `version_2_with_negative`)."""
-
-    @property
-    def splits(self) -> list[str]:
-        """`train` and the evaluation sets."""
-        return [TRAIN, *self.eval_sets]
 
     @property
     def num_labels(self) -> int:
@@ -136,12 +131,7 @@ def load_split(root: str | Path, metadata: TaskDatasetMetadata, split: str) -> d
     arrays = {}
     for name in split_arrays(metadata.task):
         file = folder / f"{name}.npy"
-        if not file.is_file():
-            raise UserError(f"{file} is missing; the dataset is incomplete, rebuild it")
-        try:
-            arrays[name] = np.load(file, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as error:
-            raise UserError(f"{file} cannot be read ({error}); rebuild the dataset") from None
+        arrays[name] = open_npy(file)
         if len(arrays[name]) != metadata.num_rows[split]:
             raise UserError(f"{file} has {len(arrays[name])} rows, dataset.json says {metadata.num_rows[split]}; "
                             "the dataset is damaged, rebuild it")

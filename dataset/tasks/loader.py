@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.batching import rank_rows
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError
-from dataset.stream import Batch, EpochOrder, EvalBatches
+from dataset.stream import Batch, EpochOrder, EvalBatches, trimmed_width
 from dataset.tasks.format import TRAIN, TaskDatasetMetadata, load_split, load_task_metadata
 
 
@@ -37,21 +37,19 @@ class TaskDataOptions(BaseModel):
     keeping a multiple of this many; None always serves the full sequence length."""
 
 
-def _width(input_ids: np.ndarray, pad_id: int, multiple: int | None) -> int:
-    """Columns to keep: up to the last real token of any row, rounded up to `multiple`."""
-    length = input_ids.shape[1]
-    if multiple is None:
-        return length
-    real_columns = np.flatnonzero((input_ids != pad_id).any(axis=0))  # (k,)
-    longest = int(real_columns[-1]) + 1 if len(real_columns) else 1
-    return min(length, -(-longest // multiple) * multiple)
+def _width(ids: np.ndarray, pad_id: int, options: TaskDataOptions) -> int:
+    """Columns a global batch of `ids` keeps (all of them when trimming is off)."""
+    multiple = options.trim_padding_to_multiple
+    return ids.shape[1] if multiple is None else trimmed_width(ids, pad_id, multiple)
 
 
-def _take(arrays: dict[str, np.ndarray], rows: np.ndarray, width: int, metadata: TaskDatasetMetadata) -> Batch:
-    """The model's batch for split rows `rows` (-1 = a filler row without labels), `width` columns."""
+def _take(arrays: dict[str, np.ndarray], rows: np.ndarray, ids: np.ndarray, width: int,
+          metadata: TaskDatasetMetadata) -> Batch:
+    """The model's batch for split rows `rows` (-1 = a filler row without labels), whose
+    token ids `ids` were already read, `width` columns."""
     real = rows >= 0
     safe = np.where(real, rows, 0)  # (b,)
-    input_ids = np.asarray(arrays["input_ids"][safe, :width], dtype=np.int64)  # (b, W)
+    input_ids = np.asarray(ids[:, :width], dtype=np.int64)  # (b, W)
     input_ids[~real] = metadata.pad_id
     input_ids[~real, 0] = metadata.cls_id
     attention_mask = input_ids != metadata.pad_id  # (b, W)
@@ -59,7 +57,7 @@ def _take(arrays: dict[str, np.ndarray], rows: np.ndarray, width: int, metadata:
         "input_ids": input_ids,
         "token_type_ids": np.asarray(arrays["token_type_ids"][safe, :width], dtype=np.int64) * attention_mask,
         "attention_mask": attention_mask,
-        "row_index": np.where(real, rows, -1).astype(np.int64),
+        "row_index": rows.astype(np.int64),  # fillers are -1 already
         "example_index": np.where(real, np.asarray(arrays["example_index"][safe]), -1).astype(np.int64),
     }
     if metadata.task == "classification":
@@ -94,7 +92,6 @@ class TaskTrainStream:
         if self.num_rows == 0:
             raise UserError(f"the train split of {paths[0]} has no rows; rebuild the dataset with --train-files")
         self.options = options
-        self.seed = seed
         self.global_batch_size = global_batch_size
         self.examples_per_epoch = float(self.num_rows)
         self._position = 0
@@ -105,9 +102,9 @@ class TaskTrainStream:
         first, stop = self._rows_of_rank
         global_rows = self._order.rows(self._position, self.global_batch_size)  # (B,)
         self._position += self.global_batch_size
-        width = _width(np.asarray(self.arrays["input_ids"][np.sort(global_rows)]), self.metadata.pad_id,
-                       self.options.trim_padding_to_multiple)
-        return _take(self.arrays, global_rows[first:stop], width, self.metadata)
+        ids = np.asarray(self.arrays["input_ids"][global_rows])  # (B, L), read once for the width and the batch
+        width = _width(ids, self.metadata.pad_id, self.options)
+        return _take(self.arrays, global_rows[first:stop], ids[first:stop], width, self.metadata)
 
     def state_dict(self) -> dict[str, int]:
         """Rows served so far (all ranks together), and the dataset size as a check."""
@@ -143,7 +140,7 @@ def _eval_batches(root: Path, metadata: TaskDatasetMetadata, options: TaskDataOp
         for start in range(0, num_rows, global_batch_size):
             global_rows = start + np.arange(global_batch_size)  # (B,)
             global_rows[global_rows >= num_rows] = -1
-            real_rows = global_rows[global_rows >= 0]
-            width = _width(np.asarray(arrays["input_ids"][real_rows]), metadata.pad_id,
-                           options.trim_padding_to_multiple)
-            yield set_name, _take(arrays, global_rows[first:stop], width, metadata)
+            real = global_rows >= 0
+            ids = np.asarray(arrays["input_ids"][np.where(real, global_rows, 0)])  # (B, L); fillers read row 0
+            width = _width(ids[real], metadata.pad_id, options)
+            yield set_name, _take(arrays, global_rows[first:stop], ids[first:stop], width, metadata)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.batching import rank_rows
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError
-from dataset.stream import Batch, EpochOrder, EvalBatches, seeded_rng
+from dataset.stream import Batch, EpochOrder, EvalBatches, open_npy, seeded_rng, trimmed_width
 from dataset.text.format import MLMDatasetMetadata, load_mlm_metadata
 from dataset.text.masking import Masker, MaskingConfig, build_masker
 
@@ -62,12 +62,7 @@ class _SplitShards:
 
     @staticmethod
     def _open(path: Path, row_shape: tuple[int, ...], rows: int | None = None) -> np.ndarray:
-        if not path.is_file():
-            raise UserError(f"{path} is missing; the dataset is incomplete, rebuild it")
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)  # never unpickles: no code runs
-        except (ValueError, OSError, EOFError) as error:
-            raise UserError(f"{path} cannot be read ({error}); rebuild the dataset") from None
+        array = open_npy(path)
         if array.shape[1:] != row_shape or (rows is not None and len(array) != rows):
             raise UserError(f"{path} has shape {array.shape}, not (n, *{row_shape}); rebuild the dataset")
         return array
@@ -110,15 +105,6 @@ def _model_batch(
     if meta.nsp:
         batch["next_sentence_label"] = stored["nsp"].astype(np.int64)
     return batch
-
-
-def _trimmed_length(ids: np.ndarray, pad_id: int, multiple: int) -> int:
-    """Columns to keep: up to the last real token of any row, rounded up to `multiple`
-    (at most the full length). Padding is only ever at the end of a sequence."""
-    length = ids.shape[1]
-    real_columns = np.flatnonzero((ids != pad_id).any(axis=0))  # (k,)
-    longest = int(real_columns[-1]) + 1 if len(real_columns) else 1
-    return min(length, -(-longest // multiple) * multiple)
 
 
 class MLMDataOptions(BaseModel):
@@ -196,7 +182,7 @@ class MLMTrainStream:
             return batch
         # Decided on the global batch, so every rank keeps the same width.
         ids = stored["ids"] if self.world_size == 1 else self._train.take(global_rows, ("ids",))["ids"]
-        width = _trimmed_length(ids, self.metadata.pad_id, self.trim_to_multiple)
+        width = trimmed_width(ids, self.metadata.pad_id, self.trim_to_multiple)
         return {key: value[:, :width] if value.ndim == 2 else value for key, value in batch.items()}
 
     def state_dict(self) -> dict[str, int]:

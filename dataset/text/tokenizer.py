@@ -154,3 +154,8 @@ def continuation_mask(tokenizer: Tokenizer) -> np.ndarray:
     mask = np.zeros(max(vocab.values()) + 1, dtype=bool)
     mask[[index for token, index in vocab.items() if token.startswith("##")]] = True
     return mask
+
+
+def id_dtype(vocab_size: int) -> type:
+    """How token ids are stored: uint16 when every id of the vocabulary fits, else int32."""
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
