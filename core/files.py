@@ -1,9 +1,9 @@
 """Atomic writes: a reader sees the old content or the new, never half of either.
 
 `atomic_file` writes a file, `atomic_folder` a folder, both through a hidden temporary
-beside the target that is renamed over it only when complete. With `durable=True` the
-data is flushed to disk (fsync) before the rename, so a crash or power loss right after
-cannot leave an empty or truncated target either (checkpoints use it).
+beside the target that is renamed over it only when complete. With `durable=True` a
+folder's files are flushed to disk (fsync) before the rename, so a crash or power loss
+right after cannot leave an empty or truncated target either (checkpoints use it).
 """
 
 from __future__ import annotations
@@ -21,37 +21,30 @@ from core.errors import UserError
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "w", durable: bool = False, **open_kwargs) -> Iterator[IO]:
-    """Open a temporary file beside `path`; it replaces `path` only if the block succeeds."""
+def atomic_file(path: str | os.PathLike) -> Iterator[IO[str]]:
+    """Open a temporary text file (UTF-8) beside `path`; it replaces `path` only if the block succeeds."""
     final = Path(path)
-    if "b" not in mode:
-        open_kwargs.setdefault("encoding", "utf-8")
     handle, temporary = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
     os.close(handle)
     try:
-        with open(temporary, mode, **open_kwargs) as file:
+        with open(temporary, "w", encoding="utf-8") as file:
             yield file
-            if durable:
-                file.flush()
-                os.fsync(file.fileno())
         os.chmod(temporary, 0o644)  # mkstemp makes it private; results are meant to be shared
         os.replace(temporary, final)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    if durable:
-        fsync_path(final.parent)
 
 
-def write_json(path: str | os.PathLike, value: Any, durable: bool = False) -> None:
+def write_json(path: str | os.PathLike, value: Any) -> None:
     """Write `value` as indented JSON, atomically."""
-    with atomic_file(path, durable=durable) as file:
+    with atomic_file(path) as file:
         json.dump(value, file, indent=2)
 
 
-def write_text(path: str | os.PathLike, text: str, durable: bool = False) -> None:
+def write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` (UTF-8), atomically."""
-    with atomic_file(path, durable=durable) as file:
+    with atomic_file(path) as file:
         file.write(text)
 
 

@@ -104,15 +104,24 @@ class ParamGroups:
     """torch.optim parameter groups (`params`, `weight_decay`) of the weights optimiser."""
     sparse_tables: list[nn.Module] = field(default_factory=list)
     """Embedding tables updated row by row with sign-SGD (TRM's puzzle embeddings): each
-    exposes `used_rows()` (ids and row gradients since the last step) and `clear_uses()`."""
+    exposes `used_rows()` (ids and row gradients since the last step), `gradients_finite()`
+    and `clear_uses()`."""
 
 
-def decay_groups(model: nn.Module, weight_decay: float, exclude: tuple[nn.Module, ...] = ()) -> list[dict[str, Any]]:
+COMPILE_PREFIX = "_orig_mod."
+"""Prefix that `torch.compile` adds to state-dict keys of a compiled module."""
+
+
+def strip_compile_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the `_orig_mod.` prefix that a compiled module's state dict carries."""
+    return {key.removeprefix(COMPILE_PREFIX): value for key, value in state.items()}
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices, none on biases, norms and other 1-d tensors."""
-    excluded = {id(param) for module in exclude for param in module.parameters()}
     decay, no_decay = [], []
     for param in model.parameters():
-        if param.requires_grad and id(param) not in excluded:
+        if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 

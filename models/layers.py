@@ -179,6 +179,11 @@ class SparsePuzzleEmbedding(nn.Module):
             return None
         return torch.cat([ids for ids, _ in graded]), torch.cat([grad for _, grad in graded])
 
+    def gradients_finite(self) -> torch.Tensor:
+        """bool (): whether every row gradient recorded since `clear_uses` is finite."""
+        checks = [torch.isfinite(rows.grad).all() for _, rows in self.uses if rows.grad is not None]
+        return torch.stack(checks).all() if checks else torch.ones((), dtype=torch.bool)
+
     def clear_uses(self) -> None:
         """Forget the recorded rows (their gradients go with them)."""
         self.uses = []

@@ -23,7 +23,7 @@ from evaluators.registry import build_evaluators
 from models.registry import get_arch
 from training import distributed
 from training.checkpoint import find_latest, resolve_checkpoint, restore
-from training.config import PretrainConfig, validate
+from training.config import MOVED_KEYS, PretrainConfig, validate
 from training.distributed import DistContext
 from training.ema import EMA
 from training.init_from import starting_point
@@ -99,10 +99,11 @@ def eval_only_config(config: PretrainConfig, composed: dict[str, Any], overrides
 def _read_saved_config(checkpoint: Path) -> dict[str, Any]:
     """A checkpoint's `config.json`, with the keys that later moved to the `data:` section moved."""
     saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
-    data = saved.setdefault("data", {})
-    for moved in ("masking", "trim_padding_to_multiple"):
-        if moved in saved.get("arch", {}):
-            data.setdefault(moved, saved["arch"].pop(moved))
+    saved.setdefault("data", {})
+    for old, new in MOVED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        if old_key in saved.get(old_section, {}):
+            saved.setdefault(new_section, {}).setdefault(new_key, saved[old_section].pop(old_key))
     return saved
 
 
@@ -139,13 +140,13 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
     stream = data_kind.train_stream(config.data_paths, data_options, config.seed, config.global_batch_size,
                                     dist.rank, dist.world_size)
     steps_per_epoch = stream.examples_per_epoch / config.global_batch_size
+    total_steps = max(1, int(config.epochs * steps_per_epoch))
     if config.lr_warmup_ratio is not None:  # a fraction of the whole run, known only now
-        config = config.model_copy(update={"lr_warmup_steps": round(
-            config.lr_warmup_ratio * max(1, int(config.epochs * steps_per_epoch)))})
+        config = config.model_copy(update={"lr_warmup_steps": round(config.lr_warmup_ratio * total_steps)})
     state = TrainState(
         model=model, forward=model, optimizer=optimizer, sparse_optimizer=sparse_optimizer,
         ema=EMA(model, config.ema_rate) if config.ema else None, stream=stream, stream_state=stream.state_dict(),
-        step=0, total_steps=max(1, int(config.epochs * steps_per_epoch)), steps_per_epoch=steps_per_epoch,
+        step=0, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
     )
     eval_paths = config.data_paths_test or config.data_paths
     evaluator_specs = data_kind.default_evaluators(eval_paths) if config.evaluators is None else config.evaluators
@@ -230,7 +231,7 @@ def open_logger(state: TrainState, ctx: RunContext, restored_from: Path | None) 
     if not ctx.dist.is_main:
         return
     parameters = sum(param.numel() for param in state.model.parameters())
-    local = ctx.config.global_batch_size // ctx.dist.world_size
+    local = local_batch_size(ctx.config.global_batch_size, ctx.dist.world_size)
     where = (f"device {ctx.dist.device}, {ctx.dist.world_size} process(es), global batch {ctx.config.global_batch_size} "
              f"= {ctx.dist.world_size} x {local // ctx.micro_batch_size} micro-batch(es) of {ctx.micro_batch_size}")
     if ctx.config.eval_only:
@@ -242,7 +243,7 @@ def open_logger(state: TrainState, ctx: RunContext, restored_from: Path | None) 
     write_json(ctx.run_dir / "config.json", snapshot)
     # Records an interrupted run logged after its last checkpoint are logged again from here.
     ctx.logger = MetricsLogger(ctx.run_dir, ctx.config.wandb, ctx.project_name, ctx.run_name, snapshot, state.step)
-    last_step = state.total_steps if ctx.config.max_steps is None else min(state.total_steps, ctx.config.max_steps)
+    last_step = state.last_step(ctx.config.max_steps)
     steps = f"{last_step} steps" + (f" (max_steps; the schedule spans {state.total_steps})"
                                     if last_step < state.total_steps else "")
     print(f"run {ctx.project_name}/{ctx.run_name} in {ctx.run_dir}: {parameters / 1e6:.2f}M parameters, {steps}, "

@@ -20,10 +20,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from core.errors import ConfigError, UserError
-from models.interface import ArchPlugin, TrainModule
+from models.interface import ArchPlugin, TrainModule, strip_compile_prefix
 from training.checkpoint import resolve_checkpoint
-
-COMPILE_PREFIX = "_orig_mod."
 
 
 @dataclass
@@ -61,7 +59,7 @@ class StartingPoint:
             saved = load_file(self.folder / f"{weights}.safetensors")
         except (SafetensorError, OSError) as error:
             raise UserError(f"+init_from={self.folder}: {weights}.safetensors cannot be read ({error})") from None
-        saved = {name.removeprefix(COMPILE_PREFIX): tensor for name, tensor in saved.items()}
+        saved = strip_compile_prefix(saved)
         report = InitReport(source=self.folder, weights=weights)
         with torch.no_grad():
             for name, tensor in model.state_dict().items():

@@ -132,9 +132,8 @@ def gradient_norm(model: torch.nn.Module, clip_norm: float) -> torch.Tensor:
 def _sparse_grads_nonfinite(state: TrainState) -> torch.Tensor:
     if state.sparse_optimizer is None:
         return torch.zeros(())
-    used = [table.used_rows() for table in state.sparse_optimizer.embeddings]
-    bad = [~torch.isfinite(grads).all() for entry in used if entry is not None for grads in entry[1:]]
-    return torch.stack(bad).any().float().cpu() if bad else torch.zeros(())
+    finite = torch.stack([table.gradients_finite() for table in state.sparse_optimizer.embeddings]).all()
+    return (~finite).float().cpu()
 
 
 def _skip_step(state: TrainState, ctx: RunContext) -> None:
@@ -240,7 +239,7 @@ def _evaluate_batch(state: TrainState, ctx: RunContext, set_name: str, batch: di
 def fit(state: TrainState, ctx: RunContext) -> None:
     """Train until the end (or a stop signal), evaluating and checkpointing on schedule."""
     config = ctx.config
-    last_step = state.total_steps if config.max_steps is None else min(state.total_steps, config.max_steps)
+    last_step = state.last_step(config.max_steps)
     # A run cut short by max_steps still ends with an evaluation.
     evaluations = sorted({step for step in eval_steps(config, state) if state.step < step < last_step} | {last_step})
     if state.step >= last_step and ctx.dist.is_main:

@@ -80,3 +80,7 @@ class TrainState:
     """Context in which backward does not sum gradients over ranks (DDP's `no_sync`)."""
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0
+
+    def last_step(self, max_steps: int | None) -> int:
+        """The step this run stops at: the schedule's end, or `max_steps` when that comes first."""
+        return self.total_steps if max_steps is None else min(self.total_steps, max_steps)

@@ -26,9 +26,7 @@ from safetensors.torch import load_file
 from core.errors import UserError
 from models.bert.config import BertConfig
 from models.bert.model import BertEncoder
-
-COMPILE_PREFIX = "_orig_mod."
-"""Prefix that `torch.compile` adds to state-dict keys of a compiled module."""
+from models.interface import strip_compile_prefix
 
 QKV_PARTS = ("query", "key", "value")
 """Order of the three blocks of the fused QKV weight."""
@@ -100,11 +98,6 @@ def _all_name_pairs(num_layers: int) -> dict[str, str]:
     """Every parameter name any of our BERT models may have -> its Hugging Face name
     without `bert.` (QKV weights excluded)."""
     return {**_name_pairs(num_layers, with_nsp=True), **TASK_HEADS}
-
-
-def strip_compile_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the `_orig_mod.` prefix that a compiled module's state dict carries."""
-    return {key.removeprefix(COMPILE_PREFIX): value for key, value in state.items()}
 
 
 # ---- export ------------------------------------------------------------------------------

@@ -295,7 +295,7 @@ class Bert(BertEncoder):
             labelled = hidden[selected]  # (N_labelled, H)
         losses, metrics = self._mlm_terms(labelled, labels, selected)
         if self.config.loss.use_nsp:
-            first = tokens[layout.gather(_first_column(selected))] if self.config.unpad else hidden[:, 0]  # (B, H)
+            first = tokens[layout.gather(first_column(selected))] if self.config.unpad else hidden[:, 0]  # (B, H)
             nsp_losses, nsp_metrics = self._nsp_terms(first, batch["next_sentence_label"])
             losses.update(nsp_losses)
             metrics.update(nsp_metrics)
@@ -336,7 +336,7 @@ class Bert(BertEncoder):
         return {"nsp_loss": (loss_sum, num_rows)}, {"nsp_accuracy": (correct.sum(), num_rows)}
 
 
-def _first_column(like: torch.Tensor) -> torch.Tensor:
+def first_column(like: torch.Tensor) -> torch.Tensor:
     """bool (B, L), True in column 0: the [CLS] positions."""
     first = torch.zeros_like(like, dtype=torch.bool)
     first[:, 0] = True

@@ -23,7 +23,7 @@ from torch import nn
 
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError
-from models.bert.model import BertEncoder, TokenLayout
+from models.bert.model import BertEncoder, TokenLayout, first_column
 from models.interface import Carry, StepOutput
 
 if TYPE_CHECKING:
@@ -49,10 +49,6 @@ class BertTaskModel(BertEncoder):
         hidden = self.encode(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])  # (B, L, H)
         layout = TokenLayout(self.real_tokens(batch["attention_mask"]))
         return layout.gather(hidden), layout
-
-    def initial_carry(self, batch: dict[str, torch.Tensor]) -> Carry:
-        """Fine-tuning carries nothing between steps."""
-        return {}
 
 
 class BertSequenceClassifier(BertTaskModel):
@@ -82,9 +78,7 @@ class BertSequenceClassifier(BertTaskModel):
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Loss and accuracy (or squared error) over the rows that carry a label."""
         tokens, layout = self.final_states(batch)
-        first_column = torch.zeros(layout.shape, dtype=torch.bool, device=tokens.device)
-        first_column[:, 0] = True
-        logits = self.head(tokens[layout.gather(first_column)]).float()  # (B, C)
+        logits = self.head(tokens[layout.gather(first_column(batch["attention_mask"]))]).float()  # (B, C)
         valid = batch["row_index"] >= 0  # (B,)
         num_rows = valid.sum()
         labels = batch["labels"]
