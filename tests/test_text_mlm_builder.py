@@ -19,9 +19,10 @@ from tokenizers import Tokenizer
 
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError, run_cli
-from dataset import build_text_mlm_dataset
-from dataset.build_text_mlm_dataset import main, pack_lines
+from dataset.build_text_mlm_dataset import main
 from dataset.demo_corpus import module_paragraphs, write_demo_corpus
+from dataset.text import format as text_format
+from dataset.text.packing import pack_lines
 
 REPO = Path(__file__).resolve().parents[1]
 BUILDER = REPO / "dataset" / "build_text_mlm_dataset.py"
@@ -300,7 +301,7 @@ def test_nsp_pairs_are_balanced_and_stay_in_their_split(tmp_path, capsys):
 
 
 def test_static_masking_files(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(build_text_mlm_dataset, "STATIC_MASK_BLOCK_ROWS", 5)  # several blocks per shard
+    monkeypatch.setattr(text_format, "STATIC_MASK_BLOCK_ROWS", 5)  # several blocks per shard
     source = write_text(tmp_path / "docs.txt", make_documents(30))
     output = tmp_path / "static"
     status, _, err = build(capsys, "--input-files", source, "--output-dir", output, "--static-masking", "--vocab-size",

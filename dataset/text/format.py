@@ -1,4 +1,5 @@
-"""The on-disk format of masked-language-model datasets (`dataset/build_text_mlm_dataset.py`):
+"""The on-disk format of masked-language-model datasets (`dataset/build_text_mlm_dataset.py`)
+and its writer (`ShardWriter`):
 
     <root>/dataset.json                     `MLMDatasetMetadata` (with the `CorpusReport`)
     <root>/report.txt                       the corpus and vocabulary report, readable
@@ -14,14 +15,23 @@ with `<split>` in {train, test}. Every sequence is `[CLS] A [SEP]` or `[CLS] A [
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError
+from dataset.stream import seeded_rng
 
 SPLITS = ("train", "test")
 BUILDER_HINT = "build one with: python dataset/build_text_mlm_dataset.py --input-files ... --output-dir ..."
+STATIC_MASK_STREAM_KEY = 13
+STATIC_MASK_BLOCK_ROWS = 4096
+"""Rows masked with one seeded generator: memory stays small for large shards."""
+StaticMasker = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+"""(ids, rng) -> (masked ids, labels): a `dataset.text.masking.Masker`."""
 
 
 class CorpusReport(BaseModel):
@@ -171,3 +181,68 @@ def load_mlm_metadata(paths: list[str]) -> MLMDatasetMetadata:
         for split in SPLITS
     }
     return merged
+
+
+class ShardWriter:
+    """Writes the sequences of one split into fixed-size numpy shards."""
+
+    def __init__(self, folder: Path, special_ids: dict[str, int], dtype, *, shard_size: int, seq_len: int,
+                 nsp: bool, seed: int, masker: StaticMasker | None):  # fmt: skip
+        """`masker` (static masking) also writes each shard's `.masked` and `.labels`, seeded by `seed`."""
+        self.folder = folder
+        self.folder.mkdir(parents=True)
+        self.shard_size, self.seq_len, self.dtype = shard_size, seq_len, dtype
+        self.nsp, self.masker, self.seed = nsp, masker, seed
+        self.pad_id, self.cls_id, self.sep_id = special_ids["[PAD]"], special_ids["[CLS]"], special_ids["[SEP]"]
+        self.ids = np.full((self.shard_size, self.seq_len), self.pad_id, dtype=dtype)  # (S, L)
+        self.nsp_labels = np.zeros(self.shard_size, dtype=np.int8)  # (S,)
+        self.rows = 0
+        self.names: list[str] = []
+        self.num_sequences = self.num_tokens = 0
+
+    def add(self, segment_a: np.ndarray, segment_b: np.ndarray | None = None, label: int = IGNORE_LABEL_ID) -> None:
+        """Append `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]` (and its NSP label)."""
+        row = self.ids[self.rows]
+        end = 1 + len(segment_a)
+        row[0], row[1:end], row[end] = self.cls_id, segment_a, self.sep_id
+        end += 1
+        if segment_b is not None:
+            row[end : end + len(segment_b)] = segment_b
+            end += len(segment_b)
+            row[end] = self.sep_id
+            end += 1
+        self.nsp_labels[self.rows] = label
+        self.rows += 1
+        self.num_tokens += end
+        if self.rows == self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as the next shard (and its companions)."""
+        if self.rows == 0:
+            return
+        name = f"shard_{len(self.names):05d}"
+        ids = self.ids[: self.rows]  # (n, L)
+        np.save(self.folder / f"{name}.npy", ids)
+        if self.nsp:
+            np.save(self.folder / f"{name}.nsp.npy", self.nsp_labels[: self.rows])
+        if self.masker is not None:
+            masked, labels = self._static_masks(ids, len(self.names))
+            np.save(self.folder / f"{name}.masked.npy", masked)
+            np.save(self.folder / f"{name}.labels.npy", labels)
+        self.names.append(f"{name}.npy")
+        self.num_sequences += self.rows
+        self.ids.fill(self.pad_id)
+        self.rows = 0
+
+    def _static_masks(self, ids: np.ndarray, shard_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Masked ids (storage dtype) and labels (int32) of a shard, masked in blocks of rows
+        (each with its own seeded generator) so that memory stays small for large shards."""
+        masked = np.empty_like(ids)  # (n, L)
+        labels = np.empty(ids.shape, dtype=np.int32)  # (n, L)
+        split_key = SPLITS.index(self.folder.name)
+        for block, start in enumerate(range(0, len(ids), STATIC_MASK_BLOCK_ROWS)):
+            stop = start + STATIC_MASK_BLOCK_ROWS
+            rng = seeded_rng(self.seed, STATIC_MASK_STREAM_KEY, split_key, shard_index, block)
+            masked[start:stop], labels[start:stop] = self.masker(ids[start:stop], rng)
+        return masked, labels
