@@ -26,9 +26,7 @@ from benchmarks import common
 from benchmarks.bert_train import tokenizer_dir
 from core.cli import argument_parser
 from core.errors import UserError, run_cli
-
-CHUNK_CHARACTERS = 1 << 20
-"""Text per raw `encode_batch` call, as the builder's chunks."""
+from dataset.text.builder import CHUNK_CHARACTERS  # text per raw `encode_batch` call, as the builder's chunks
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

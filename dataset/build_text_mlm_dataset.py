@@ -14,7 +14,7 @@
 
 Inputs (`--input-files`: files, quoted globs with `**` recursive, or folders read
 recursively with hidden files skipped). Each file's format is detected from its content
-(`dataset/text/corpus.py`): plain text with one sentence or paragraph per line and blank
+(`FORMATS` in `dataset/text/corpus.py`): plain text with one sentence or paragraph per line and blank
 lines between documents; JSON lines with a `--text-field` per row (one document per row);
 WikiExtractor's `<doc>` blocks (one document per block, title line and tags dropped);
 parquet (`--text-field` column, one document per row; needs pyarrow). Each may be gzip,
@@ -62,7 +62,7 @@ import argparse
 from core.cli import argument_parser
 from core.errors import run_cli
 from dataset.text.builder import DEFAULT_VOCAB_SIZE, MLMBuildOptions, build_mlm_dataset
-from dataset.text.corpus import DEDUP_MODES
+from dataset.text.corpus import DEDUP_MODES, FORMATS
 from dataset.text.packing import PACKINGS
 
 
@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command-line options (see `--help`)."""
     parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--input-files", nargs="+", required=True,
-                        help="files, quoted globs or folders: text, jsonl, WikiExtractor, parquet; .gz/.bz2/.zst")
+                        help=f"files, quoted globs or folders: {', '.join(FORMATS)}; .gz/.bz2/.zst")
     parser.add_argument("--output-dir", required=True, help="dataset folder to create")
     parser.add_argument("--vocab-size", type=int, default=None, help=f"trained vocabulary size ({DEFAULT_VOCAB_SIZE})")
     parser.add_argument("--max-seq-length", type=int, default=512, help="tokens per sequence, specials included")

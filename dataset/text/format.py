@@ -41,7 +41,7 @@ class CorpusReport(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     files_by_format: dict[str, int] = {}
-    """Input files read, by detected format (text, jsonl, wikiextractor, parquet)."""
+    """Input files read, by detected format (the names of `dataset.text.corpus.FORMATS`)."""
     bytes_read: int = 0
     """Bytes of the input files on disk."""
     documents: dict[str, int] = {}
@@ -77,21 +77,34 @@ class CorpusReport(BaseModel):
     """Hints printed at the end of the build (vocabulary too small, wrong language)."""
 
 
-class MLMDatasetMetadata(BaseModel):
-    """`dataset.json` of an MLM dataset folder."""
-
-    model_config = ConfigDict(extra="ignore")
+class TokenIdFields(BaseModel):
+    """The vocabulary and special ids of a tokenised dataset's `dataset.json` (MLM here,
+    fine-tuning in `dataset.tasks.format`): declared once for both."""
 
     vocab_size: int
     """Number of token ids (the tokenizer's vocabulary, special tokens included)."""
     seq_len: int
-    """Tokens per sequence (the builder's --max-seq-length)."""
+    """Tokens per sequence, a row of the arrays (the builder's --max-seq-length)."""
     pad_id: int
     """Id of [PAD], used to fill sequences to `seq_len`."""
     cls_id: int
     """Id of [CLS], the first token of every sequence."""
     sep_id: int
     """Id of [SEP], after segment A (and after segment B)."""
+
+
+class TokenizerFields(BaseModel):
+    """Where a tokenised dataset's vocabulary came from (MLM and fine-tuning `dataset.json`)."""
+
+    tokenizer: str
+    """How the vocabulary was made: `wordpiece`, `whitespace`, or the path of a reused tokenizer."""
+    lowercase: bool
+    """Whether the tokenizer lowercases its input."""
+    vocab_sha256: str
+    """SHA-256 of `tokenizer/vocab.txt`: datasets and checkpoints used together must have the same vocabulary."""
+
+
+class _MaskingFields(BaseModel):
     mask_id: int
     """Id of [MASK]."""
     unk_id: int
@@ -104,12 +117,15 @@ class MLMDatasetMetadata(BaseModel):
     """Whether sequences are sentence pairs with next-sentence labels."""
     static_masking: bool
     """Whether the mask was applied once at build time (stored `.masked`/`.labels` shards)."""
-    tokenizer: str
-    """How the vocabulary was made: `wordpiece`, `whitespace`, or the path of a reused tokenizer."""
-    lowercase: bool
-    """Whether the tokenizer lowercases its input."""
-    vocab_sha256: str
-    """SHA-256 of `tokenizer/vocab.txt`: datasets used together must have the same vocabulary."""
+
+
+# pydantic puts the fields of the last base first: the bases' order keeps the key order of
+# dataset.json as it has always been written.
+class MLMDatasetMetadata(TokenizerFields, _MaskingFields, TokenIdFields):
+    """`dataset.json` of an MLM dataset folder."""
+
+    model_config = ConfigDict(extra="ignore")
+
     num_documents: dict[str, int]
     """Documents per split."""
     num_sequences: dict[str, int]
