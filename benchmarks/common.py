@@ -8,6 +8,7 @@ A B, ...) so that a slow patch of the machine hurts both, and reports medians.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -78,6 +79,28 @@ def run_worker(module: str, args: list[str], timeout: float = 900) -> dict:
     raise RuntimeError(f"worker {' '.join(command)} printed no result:\n{done.stdout[-2000:]}")
 
 
+def options_or_worker(parse_args, argv: list[str] | None, workers: dict):
+    """The benchmark's parsed options, or None in a worker process (`--worker NAME`), after
+    it ran `workers[NAME]` and reported the result."""
+    args = parse_args(argv)
+    return None if run_worker_if_asked(args, workers) else args
+
+
+def add_device_options(parser) -> None:
+    """`--device` (cpu, cuda) and `--compile` (pretrain.py's setting) of the timed runs."""
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
+                        help="pretrain.py's `compile` setting for this project (auto: on CUDA only)")
+
+
+def add_worker_options(parser, workers: tuple[str, ...]) -> None:
+    """`--threads` (torch CPU threads of each worker) and the hidden `--worker NAME` that
+    `run_worker` passes to the worker processes."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads in each worker (default: torch's choice, all cores)")
+    parser.add_argument("--worker", choices=workers, default=None, help=argparse.SUPPRESS)
+
+
 def run_worker_if_asked(args, workers: dict) -> bool:
     """In a worker process (`--worker NAME`): set its torch threads (`--threads`), run
     `workers[NAME](args)` and report the result; returns whether it did."""
@@ -112,6 +135,15 @@ def interleaved(contenders: dict[str, list[str]], module: str, rounds: int) -> d
                   + ", ".join(f"{k}={v:.4g}" for k, v in results[name][-1].items() if isinstance(v, (int, float))),
                   flush=True)
     return results
+
+
+def compare(args, module: str, contenders: dict[str, list[str]], summarise, title: str, keys: tuple[str, ...]) -> None:
+    """Run `contenders` in interleaved rounds, `summarise(args, results)` them into a table and
+    notes, and `record` it with the medians of `keys` per contender."""
+    results = interleaved(contenders, module, args.rounds)
+    table, notes = summarise(args, results)
+    medians = {name: {key: median_of(runs, key) for key in keys} for name, runs in results.items()}
+    record(args, title, table, notes, medians)
 
 
 def median_of(results: list[dict], key: str) -> float:
@@ -150,6 +182,7 @@ def record(args, title: str, table: str, notes: list[str], medians: dict | None 
         args.json.write_text(json.dumps(tables, indent=1) + "\n")
     if args.no_record:
         print(table)
+        print("\n".join(notes))
         return
     append_results(title, command_line(), table, notes, args.results_file)
 

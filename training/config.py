@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from core.errors import ConfigError
 from training.optim import OPTIMIZERS, OptimizerSettings
@@ -161,18 +161,13 @@ class PretrainConfig(BaseModel):
     """Start from the weights of this project's checkpoint, a run or step_N folder (`+init_from=`):
     sizes from its config, matching tensors loaded, the rest fresh (e.g. fine-tuning heads)."""
 
-    @field_validator("optimizer")
+    @field_validator("optimizer", "lr_schedule")
     @classmethod
-    def _known_optimizer(cls, name: str) -> str:
-        if name not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer; use {' or '.join(repr(known) for known in OPTIMIZERS)}")
-        return name
-
-    @field_validator("lr_schedule")
-    @classmethod
-    def _known_schedule(cls, name: str) -> str:
-        if name not in SHAPES:
-            raise ValueError(f"unknown schedule; use {' or '.join(repr(known) for known in SHAPES)}")
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        """`optimizer` and `lr_schedule` name entries of their registries (`OPTIMIZERS`, `SHAPES`)."""
+        known = {"optimizer": OPTIMIZERS, "lr_schedule": SHAPES}[info.field_name]
+        if name not in known:
+            raise ValueError(f"unknown {info.field_name}; use {' or '.join(repr(entry) for entry in known)}")
         return name
 
     @property
