@@ -16,9 +16,16 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from dataset.tasks.format import load_task_metadata
 from evaluators.gather import gather_records, write_predictions
+
+
+class EvaluatorOptions(BaseModel):
+    """Base of every evaluator's options: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class Evaluator(Protocol):

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
-from evaluators.base import FineTuningEvaluator
+from evaluators.base import EvaluatorOptions, FineTuningEvaluator
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -92,10 +91,8 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
             "mcc": matthews_correlation(predictions, labels, num_classes)}
 
 
-class ClassificationEvaluatorConfig(BaseModel):
+class ClassificationEvaluatorConfig(EvaluatorOptions):
     """Options of the `classification` evaluator (none yet; unknown keys are refused)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class ClassificationEvaluator(FineTuningEvaluator):

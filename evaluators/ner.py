@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
 from dataset.tasks.format import load_split, read_examples
-from evaluators.base import FineTuningEvaluator
+from evaluators.base import EvaluatorOptions, FineTuningEvaluator
 
 Entity = tuple[str, int, int]
 """(type, first word, last word)."""
@@ -74,10 +73,8 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
-class NEREvaluatorConfig(BaseModel):
+class NEREvaluatorConfig(EvaluatorOptions):
     """Options of the `ner` evaluator (none yet; unknown keys are refused)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class NEREvaluator(FineTuningEvaluator):

@@ -24,10 +24,9 @@ import string
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
 from dataset.tasks.format import load_split, read_examples
-from evaluators.base import FineTuningEvaluator
+from evaluators.base import EvaluatorOptions, FineTuningEvaluator
 
 PUNCTUATION = set(string.punctuation)
 ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
@@ -99,10 +98,8 @@ def best_answer(windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], contex
     return best_text, best_score, null_score
 
 
-class SquadEvaluatorConfig(BaseModel):
+class SquadEvaluatorConfig(EvaluatorOptions):
     """Options of the `squad` evaluator (unknown keys are refused)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     null_score_diff_threshold: float = 0.0
     """v2.0: answer nothing when the null score exceeds the best span's by more than this."""

@@ -24,15 +24,8 @@ import torch
 from core.errors import UserError, run_cli
 from dataset import build_arc_dataset, build_sudoku_dataset, build_text_mlm_dataset
 from pretrain import launch
-from tests.helpers import (
-    REPO,
-    TINY_BERT,
-    TINY_TRM,
-    compose_config,
-    make_mlm_dataset,
-    make_puzzle_dataset,
-    subprocess_env,
-)
+from tests import helpers
+from tests.helpers import REPO, TINY_BERT, TINY_TRM, compose_config, make_mlm_dataset, make_puzzle_dataset
 from training import checkpoint as checkpoint_module
 from training.build import setup
 from training.checkpoint import find_latest, load_checkpoint
@@ -330,8 +323,8 @@ def test_disk_full_keeps_the_previous_checkpoint(runs, tmp_path, monkeypatch):
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=helpers.subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
 
 
 @pytest.mark.parametrize("args, expected", [
