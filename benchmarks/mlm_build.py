@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import cli, common
+from benchmarks import common
 from benchmarks.bert_train import tokenizer_dir
 from core.cli import argument_parser
 from core.errors import UserError, run_cli
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 10], help="corpus repetitions to time")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
-    cli.add_no_record_option(parser)
+    common.add_no_record_option(parser)
     parser.add_argument("--worker", choices=("builder", "encode_batch", "encode_batch_fast"), default=None,
                         help=argparse.SUPPRESS)
     parser.add_argument("--corpus", default=None, help=argparse.SUPPRESS)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         notes.insert(0, f"builder peak RSS at {largest}x / at {smallest}x: "
                         f"{builder_peaks[largest] / builder_peaks[smallest]:.2f}")
     table = common.format_table(["corpus", "contender", "MB/s (median)", "vs encode_batch", "peak RSS (MB)"], rows)
-    cli.print_or_record(args, "mlm_build", table, notes)
+    common.print_or_record(args, "mlm_build", table, notes)
 
 
 if __name__ == "__main__":
