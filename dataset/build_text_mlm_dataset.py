@@ -47,6 +47,15 @@ numpy shards, so memory does not grow with the corpus (the library behind this c
 split by a seeded hash of its text (the first document always trains). The layout of
 the output folder is described in `dataset/text/format.py`.
 
+Stopping and resuming: the build writes into a hidden `.<name>.partial` folder beside
+`--output-dir`, renamed to `--output-dir` only when complete. SIGTERM or Ctrl-C stops it
+at the next chunk (about 1 MB of text) with one line; after that, or after a kill
+(SIGKILL, a lost machine), the same command plus `--resume` finishes it, and the result is
+byte for byte the one an uninterrupted build gives (`--num-workers` may change; the other
+options may not). A resumed build reads the finished part of the corpus again without
+tokenising it, and loses at most the work since the last shard was completed
+(`dataset/text/resume.py`).
+
 Reproducibility: with the same tokenizer and seed, a build is bit-identical, whatever
 `--num-workers`. Training a WordPiece vocabulary is not: the `tokenizers` library
 breaks ties between equally frequent merges in hash-map order (huggingface/tokenizers
@@ -89,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=1, help="tokenisation processes (1: in this process)")
     parser.add_argument("--shard-size", type=int, default=65536, help="sequences per shard file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+    parser.add_argument("--resume", action="store_true",
+                        help="finish a build of --output-dir that was stopped or killed (same options)")
     parser.add_argument("--on-bad-line", choices=("skip", "error"), default="error",
                         help="malformed rows, binary or non-UTF-8 lines: stop, or drop and count them")
     parser.add_argument("--text-field", default="text", help="the text's JSON field or parquet column")

@@ -10,13 +10,17 @@ so memory does not grow with the corpus.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import shutil
+import signal
 import sys
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +28,14 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from core.errors import UserError
-from core.files import atomic_folder, write_json, write_text
+from core.files import write_json, write_text
 from dataset.text import corpus as text_corpus
 from dataset.text.corpus import CorpusReader, Deduplicator, document_fraction, expand_input_files
 from dataset.text.format import SPLITS, MLMDatasetMetadata, ShardWriter
 from dataset.text.masking import Masker
 from dataset.text.packing import PACKINGS, FullPacker, PairMaker, pack_lines
 from dataset.text.report import ReportCounter, render_report
+from dataset.text.resume import BuildJournal, BuildStopped, StopRequest
 from dataset.text.tokenizer import (
     SPECIAL_TOKENS,
     TokenizerChoice,
@@ -45,6 +50,8 @@ DEFAULT_VOCAB_SIZE = 30000
 CHUNK_CHARACTERS = 1 << 20
 """Text per tokenisation task (about 1 MB): large enough to amortise the process hop."""
 TRAINED_TOKENIZERS = ("wordpiece", "whitespace")
+RESUME_FREE_OPTIONS = ("output_dir", "overwrite", "resume", "num_workers")
+"""Options that do not change the output, so a resumed build may change them."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,8 @@ class MLMBuildOptions:
     """Exact repeats removed before the split: one of `dataset.text.corpus.DEDUP_MODES`."""
     packing: str = "documents"
     """One of `PACKINGS`."""
+    resume: bool = False
+    """Finish a build of `output_dir` that was stopped or killed (`dataset.text.resume`)."""
 
     def check(self) -> None:
         """Reject option values that cannot work, naming the flag to change."""
@@ -119,21 +128,54 @@ class MLMBuildOptions:
 
 
 def build_mlm_dataset(options: MLMBuildOptions) -> MLMDatasetMetadata:
-    """Check the options, make the tokenizer, and build the dataset folder atomically; its metadata."""
+    """Check the options, make the tokenizer, and build the dataset folder; its metadata.
+
+    The folder appears complete or not at all; a build stopped by a signal or killed is
+    finished by the same options with `resume=True` (`dataset.text.resume`).
+    """
     options.check()
     files = expand_input_files(list(options.input_files))
+    stop = StopRequest()
+    with stop.installed():
+        journal = BuildJournal(options.output_dir, _fingerprint(options, files), stop)
+        stored = journal.open(options.resume, options.overwrite)
+        choice = _stored_tokenizer(journal.folder, stored) if stored else make_tokenizer(options, files, stop)
+        try:
+            metadata = write_dataset(options, files, choice, journal, stored)
+        except BuildStopped:
+            raise
+        except BaseException:
+            journal.abandon()
+            raise
+        journal.finish(options.overwrite)
+    return metadata
+
+
+def make_tokenizer(options: MLMBuildOptions, files: list[Path], stop: StopRequest | None = None) -> TokenizerChoice:
+    """The build's tokenizer: trained on the corpus, or the one `--tokenizer` names."""
     if options.tokenizer in TRAINED_TOKENIZERS:
-        choice = train_tokenizer(options, files)
-    else:
-        for option, value in (("--vocab-size", options.vocab_size), ("--lowercase", options.lowercase)):
-            if value is not None:
-                warnings.warn(f"{option} has no effect with --tokenizer {options.tokenizer} (its vocabulary is reused)", stacklevel=2)
-        choice = load_tokenizer(options.tokenizer)
-    with atomic_folder(options.output_dir, overwrite=options.overwrite) as folder:
-        return write_dataset(options, files, choice, folder)
+        return train_tokenizer(options, files, stop)
+    for option, value in (("--vocab-size", options.vocab_size), ("--lowercase", options.lowercase)):
+        if value is not None:
+            warnings.warn(f"{option} has no effect with --tokenizer {options.tokenizer} (its vocabulary is reused)", stacklevel=3)
+    return load_tokenizer(options.tokenizer)
 
 
-def train_tokenizer(options: MLMBuildOptions, files: list[Path]) -> TokenizerChoice:
+def _fingerprint(options: MLMBuildOptions, files: list[Path]) -> dict:
+    """What a resumed build must share with the stopped one: the options that change the output, and the inputs."""
+    kept = {name: value for name, value in asdict(options).items() if name not in RESUME_FREE_OPTIONS}
+    kept["input_files"] = [(str(path), path.stat().st_size) for path in files]
+    kept["chunk_characters"] = CHUNK_CHARACTERS  # the journal counts chunks
+    return json.loads(json.dumps(kept))
+
+
+def _stored_tokenizer(folder: Path, stored: dict) -> TokenizerChoice:
+    """The tokenizer a stopped build saved (never retrained: WordPiece training is not deterministic)."""
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
+    return TokenizerChoice(tokenizer, stored["kind"], stored["lowercase"])
+
+
+def train_tokenizer(options: MLMBuildOptions, files: list[Path], stop: StopRequest | None = None) -> TokenizerChoice:
     """Train a WordPiece or word-level vocabulary on (a sample of) the corpus.
 
     The sample keeps each document with probability `--tokenizer-sample-mb` / input size
@@ -151,6 +193,8 @@ def train_tokenizer(options: MLMBuildOptions, files: list[Path]) -> TokenizerCho
         with tqdm(total=total, unit="B", unit_scale=True, desc="training tokenizer", disable=None) as bar:
             for document in Deduplicator(options.dedup).filter(reader.documents()):
                 bar.update(reader.counters.bytes_on_disk - bar.n)
+                if stop is not None:
+                    stop.check(options.output_dir)
                 if fraction >= 1.0 or document_fraction(document, options.seed, "tokenizer-sample") < fraction:
                     yield document
 
@@ -221,7 +265,7 @@ def tokenized_chunks(chunks: Iterator[_Chunk], tokenizer: Tokenizer, num_workers
     # Spawned (not forked) workers: the tokenizers library's thread pool does not survive a fork.
     context = multiprocessing.get_context("spawn")
     initargs = (tokenizer.to_str(), False)
-    with context.Pool(num_workers, initializer=text_corpus.init_tokenizer_worker, initargs=initargs) as pool:
+    with context.Pool(num_workers, initializer=_init_worker, initargs=initargs) as pool:
         pending = deque()
         for chunk in chunks:
             pending.append((chunk, pool.apply_async(text_corpus.tokenize_lines, (chunk.lines,))))
@@ -230,6 +274,13 @@ def tokenized_chunks(chunks: Iterator[_Chunk], tokenizer: Tokenizer, num_workers
                 yield _finished(*pending.popleft())
         while pending:
             yield _finished(*pending.popleft())
+
+
+def _init_worker(tokenizer_json: str, threads_inside: bool) -> None:
+    """A tokenising worker ignores SIGINT: Ctrl-C reaches the whole process group, and the
+    main process alone stops the build (commits, then closes the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    text_corpus.init_tokenizer_worker(tokenizer_json, threads_inside)
 
 
 def _finished(chunk: _Chunk, result) -> _Chunk:
@@ -248,53 +299,121 @@ class BuildStats:
     seconds: float = 0.0
 
 
+@dataclass
+class _Target:
+    """A dataset the build writes: its split writers and the packing state between chunks."""
+
+    writers: dict[str, ShardWriter]
+    counter: ReportCounter
+    num_documents: dict[str, int]
+    capacity: int
+    """Text tokens per segment."""
+    pair_maker: PairMaker | None = None
+    packers: dict[str, FullPacker] = field(default_factory=dict)
+
+    def add(self, chunk: _Chunk) -> None:
+        """Count and pack the documents of one tokenised chunk."""
+        tokens = chunk.tokens
+        self.counter.add(chunk.split_of_line(), tokens.ids, tokens.line_lengths, tokens.sentences,
+                         tokens.unknown_characters)  # fmt: skip
+        for split, lines in chunk.documents():
+            self.num_documents[split] += 1
+            if self.packers:
+                self.packers[split].add(lines)
+            elif self.pair_maker is None:
+                for segment in pack_lines(lines, self.capacity):
+                    self.writers[split].add(segment)
+            else:
+                line_lengths = [len(line) for line in lines]
+                for segment_a, segment_b, label in self.pair_maker.pairs(pack_lines(lines, self.capacity), line_lengths, split):
+                    self.writers[split].add(segment_a, segment_b, label)
+
+    def finish(self) -> None:
+        for packer in self.packers.values():
+            packer.finish()
+        for writer in self.writers.values():
+            writer.flush()
+
+    def num_shards(self) -> int:
+        return sum(len(writer.names) for writer in self.writers.values())
+
+    def state(self) -> dict:
+        """The packing state a resumed build restores (`dataset.text.resume`)."""
+        return {"writers": {split: writer.state() for split, writer in self.writers.items()},
+                "packers": {split: packer.state() for split, packer in self.packers.items()},
+                "pair_maker": self.pair_maker, "counter": self.counter, "num_documents": dict(self.num_documents)}  # fmt: skip
+
+    def restore(self, state: dict) -> None:
+        """Continue from a `state()`; objects shared with `BuildStats` are updated in place."""
+        for split, writer in self.writers.items():
+            writer.restore(state["writers"][split])
+        for split, packer in self.packers.items():
+            packer.restore(state["packers"][split])
+        if self.pair_maker is not None:
+            self.pair_maker.__dict__.update(state["pair_maker"].__dict__)
+        self.counter.__dict__.update(state["counter"].__dict__)
+        self.num_documents.update(state["num_documents"])
+
+
+def _target(options: MLMBuildOptions, choice: TokenizerChoice, writers: dict[str, ShardWriter], stats: BuildStats) -> _Target:
+    """The packing of `options` (full, documents, NSP pairs) into `writers`."""
+    continuation = stats.counter.continuation
+    target = _Target(writers, stats.counter, stats.num_documents,
+                     (options.max_seq_length - 3) // 2 if options.nsp else options.max_seq_length - 2)  # fmt: skip
+    if options.nsp:
+        target.pair_maker = PairMaker(options.seed, continuation)
+    if options.packing == "full":
+        target.packers = {split: FullPacker(writers[split], options.max_seq_length - 2, choice.special_ids["[SEP]"])
+                          for split in SPLITS}  # fmt: skip
+    return target
+
+
 def write_shards(
-    options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, writers: dict[str, ShardWriter]
+    options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, writers: dict[str, ShardWriter],
+    journal: BuildJournal,
 ) -> BuildStats:
-    """Stream every document through de-duplication, tokenisation and packing into the split writers."""
+    """Stream every document through de-duplication, tokenisation and packing into the split writers,
+    committing to `journal` after each chunk that completed a shard (and when a stop is asked)."""
     started = time.perf_counter()
-    continuation = continuation_mask(choice.tokenizer)  # (V,) which ids continue a word
     stats = BuildStats(
         CorpusReader(files, options.on_bad_line, options.text_field), Deduplicator(options.dedup),
-        ReportCounter(continuation, choice.special_ids["[UNK]"]),
+        ReportCounter(continuation_mask(choice.tokenizer), choice.special_ids["[UNK]"]),
     )  # fmt: skip
-    reader = stats.reader
-    pair_maker = PairMaker(options.seed, continuation) if options.nsp else None
-    packers = {}
-    if options.packing == "full":
-        packers = {split: FullPacker(writers[split], options.max_seq_length - 2, choice.special_ids["[SEP]"])
-                   for split in SPLITS}  # fmt: skip
-    capacity = (options.max_seq_length - 3) // 2 if options.nsp else options.max_seq_length - 2
-    chunks = _chunks(stats.deduplicator.filter(reader.documents()), options)
-    with tqdm(total=reader.total_bytes(), unit="B", unit_scale=True, desc="building", disable=None) as bar:
-        for chunk in tokenized_chunks(chunks, choice.tokenizer, options.num_workers):
-            tokens = chunk.tokens
-            stats.counter.add(chunk.split_of_line(), tokens.ids, tokens.line_lengths, tokens.sentences,
-                              tokens.unknown_characters)  # fmt: skip
-            for split, lines in chunk.documents():
-                stats.num_documents[split] += 1
-                if packers:
-                    packers[split].add(lines)
-                elif pair_maker is None:
-                    for segment in pack_lines(lines, capacity):
-                        writers[split].add(segment)
-                else:
-                    line_lengths = [len(line) for line in lines]
-                    for segment_a, segment_b, label in pair_maker.pairs(pack_lines(lines, capacity), line_lengths, split):
-                        writers[split].add(segment_a, segment_b, label)
-            bar.update(reader.counters.bytes_on_disk - bar.n)
-    for packer in packers.values():
-        packer.finish()
-    for writer in writers.values():
-        writer.flush()
+    target = _target(options, choice, writers, stats)
+    chunks = _chunks(stats.deduplicator.filter(stats.reader.documents()), options)
+    done, state = journal.load()
+    for _ in range(done):  # a resumed build: read the committed chunks again, without tokenising them
+        next(chunks)
+    if state is not None:
+        target.restore(state)
+    bar = tqdm(total=stats.reader.total_bytes(), unit="B", unit_scale=True, desc="building", disable=None)
+    with bar, closing(tokenized_chunks(chunks, choice.tokenizer, options.num_workers)) as tokenized:
+        for chunk in tokenized:
+            shards = target.num_shards()
+            target.add(chunk)
+            done += 1
+            if target.num_shards() > shards or journal.stop.signal_name:
+                journal.commit(done, target.state())
+                journal.stop.check(options.output_dir)
+            bar.update(stats.reader.counters.bytes_on_disk - bar.n)
+    target.finish()
     stats.seconds = time.perf_counter() - started
     return stats
 
 
-def write_dataset(options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, folder: Path) -> MLMDatasetMetadata:
-    """Write the tokenizer, the shards, dataset.json and report.txt into `folder`; returns the metadata."""
-    vocab_sha256 = save_tokenizer(choice, folder / "tokenizer", options.max_seq_length)
+def write_dataset(
+    options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, journal: BuildJournal, stored: dict | None
+) -> MLMDatasetMetadata:
+    """Write the tokenizer (unless `stored`, a resumed build's), the shards, dataset.json and
+    report.txt into the journal's folder; returns the metadata."""
+    folder = journal.folder
     vocab_size = choice.tokenizer.get_vocab_size(with_added_tokens=True)
+    if stored is None:
+        shutil.rmtree(folder / "tokenizer", ignore_errors=True)  # a build killed while saving it
+        vocab_sha256 = save_tokenizer(choice, folder / "tokenizer", options.max_seq_length)
+        journal.save_record({"kind": choice.kind, "lowercase": choice.lowercase, "vocab_sha256": vocab_sha256})
+    else:
+        vocab_sha256 = stored["vocab_sha256"]
     dtype = id_dtype(vocab_size)
     ids = choice.special_ids
     special = [ids[token] for token in SPECIAL_TOKENS]
@@ -304,7 +423,7 @@ def write_dataset(options: MLMBuildOptions, files: list[Path], choice: Tokenizer
                            nsp=options.nsp, seed=options.seed, masker=masker)
         for split in SPLITS
     }  # fmt: skip
-    stats = write_shards(options, files, choice, writers)
+    stats = write_shards(options, files, choice, writers, journal)
     if writers["train"].num_sequences == 0:
         raise UserError(f"no text in --input-files {' '.join(map(str, files))}: nothing to train on")
     metadata = MLMDatasetMetadata(

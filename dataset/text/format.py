@@ -206,7 +206,7 @@ class ShardWriter:
                  nsp: bool, seed: int, masker: StaticMasker | None):  # fmt: skip
         """`masker` (static masking) also writes each shard's `.masked` and `.labels`, seeded by `seed`."""
         self.folder = folder
-        self.folder.mkdir(parents=True)
+        self.folder.mkdir(parents=True, exist_ok=True)  # exists when a stopped build resumes
         self.shard_size, self.seq_len, self.dtype = shard_size, seq_len, dtype
         self.nsp, self.masker, self.seed = nsp, masker, seed
         self.pad_id, self.cls_id, self.sep_id = special_ids["[PAD]"], special_ids["[CLS]"], special_ids["[SEP]"]
@@ -250,6 +250,17 @@ class ShardWriter:
         self.num_sequences += self.rows
         self.ids.fill(self.pad_id)
         self.rows = 0
+
+    def state(self) -> dict:
+        """What `restore` needs to continue this writer exactly (the buffered rows, not the whole buffer)."""
+        return {"ids": self.ids[: self.rows].copy(), "nsp_labels": self.nsp_labels[: self.rows].copy(),
+                "names": list(self.names), "num_sequences": self.num_sequences, "num_tokens": self.num_tokens}  # fmt: skip
+
+    def restore(self, state: dict) -> None:
+        """Continue from a `state()` (a resumed build)."""
+        self.rows = len(state["ids"])
+        self.ids[: self.rows], self.nsp_labels[: self.rows] = state["ids"], state["nsp_labels"]
+        self.names, self.num_sequences, self.num_tokens = state["names"], state["num_sequences"], state["num_tokens"]
 
     def _static_masks(self, ids: np.ndarray, shard_index: int) -> tuple[np.ndarray, np.ndarray]:
         """Masked ids (storage dtype) and labels (int32) of a shard, masked in blocks of rows
