@@ -36,6 +36,7 @@ from dataset.text.masking import Masker
 from dataset.text.packing import PACKINGS, FullPacker, PairMaker, pack_lines
 from dataset.text.report import ReportCounter, render_report
 from dataset.text.resume import BuildJournal, BuildStopped, StopRequest
+from dataset.text.sample import sample_budgets, sample_documents
 from dataset.text.tokenizer import (
     SPECIAL_TOKENS,
     TokenizerChoice,
@@ -176,27 +177,23 @@ def _stored_tokenizer(folder: Path, stored: dict) -> TokenizerChoice:
 
 
 def train_tokenizer(options: MLMBuildOptions, files: list[Path], stop: StopRequest | None = None) -> TokenizerChoice:
-    """Train a WordPiece or word-level vocabulary on (a sample of) the corpus.
-
-    The sample keeps each document with probability `--tokenizer-sample-mb` / input size
-    (on-disk size, so compressed inputs give a larger sample), decided by a seeded hash.
+    """Train a WordPiece or word-level vocabulary on the corpus, or on a sample of about
+    `--tokenizer-sample-mb` spread over the files by bytes (`dataset.text.sample`).
     """
     lowercase = True if options.lowercase is None else options.lowercase
     vocab_size = options.vocab_size or DEFAULT_VOCAB_SIZE
     tokenizer, trainer_class = new_tokenizer(options.tokenizer, lowercase)
     trainer = trainer_class(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
     reader = CorpusReader(files, options.on_bad_line, options.text_field)
-    total = reader.total_bytes()
-    fraction = min(1.0, options.tokenizer_sample_mb * 1e6 / max(total, 1))
+    budgets = sample_budgets([path.stat().st_size for path in files], int(options.tokenizer_sample_mb * 1e6), options.seed)
 
     def sample() -> Iterator[list[str]]:
-        with tqdm(total=total, unit="B", unit_scale=True, desc="training tokenizer", disable=None) as bar:
-            for document in Deduplicator(options.dedup).filter(reader.documents()):
-                bar.update(reader.counters.bytes_on_disk - bar.n)
+        with tqdm(total=sum(budgets), unit="B", unit_scale=True, desc="training tokenizer", disable=None) as bar:
+            for document in Deduplicator(options.dedup).filter(sample_documents(reader, budgets)):
+                bar.update(min(reader.counters.bytes_on_disk, bar.total) - bar.n)
                 if stop is not None:
                     stop.check(options.output_dir)
-                if fraction >= 1.0 or document_fraction(document, options.seed, "tokenizer-sample") < fraction:
-                    yield document
+                yield document
 
     tokenizer.train_from_iterator(sample(), trainer=trainer)
     if reader.counters.documents == 0:
