@@ -82,7 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"files, quoted globs or folders: {', '.join(FORMATS)}; .gz/.bz2/.zst")
     parser.add_argument("--output-dir", required=True, help="dataset folder to create")
     parser.add_argument("--vocab-size", type=int, default=None, help=f"trained vocabulary size ({DEFAULT_VOCAB_SIZE})")
-    parser.add_argument("--max-seq-length", type=int, default=512, help="tokens per sequence, specials included")
+    parser.add_argument("--max-seq-length", type=int, nargs="+", default=[512],
+                        help="tokens per sequence, specials included; several (128 512): one dataset each, "
+                             "in OUTPUT_DIR/seq<length>/, from one pass")  # fmt: skip
     parser.add_argument("--mask-prob", type=float, default=0.15, help="masking rate recorded for dynamic masking")
     parser.add_argument("--test-split", type=float, default=0.05, help="fraction of documents in the test split")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, NSP pairs and static masks")
@@ -113,7 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def options_from_args(args: argparse.Namespace) -> MLMBuildOptions:
     """The library's options from the parsed flags (`--packing` left out means `documents`)."""
+    lengths = args.max_seq_length
     return MLMBuildOptions(**{**vars(args), "input_files": tuple(args.input_files),
+                              "max_seq_length": lengths[0] if len(lengths) == 1 else tuple(lengths),
                               "packing": args.packing or "documents"})  # fmt: skip
 
 

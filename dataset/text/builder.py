@@ -66,8 +66,9 @@ class MLMBuildOptions:
     """Dataset folder to create."""
     vocab_size: int | None = None
     """Size of a trained vocabulary (`DEFAULT_VOCAB_SIZE` when None)."""
-    max_seq_length: int = 512
-    """Tokens per sequence, specials included."""
+    max_seq_length: int | tuple[int, ...] = 512
+    """Tokens per sequence, specials included; several lengths build one dataset per length
+    from one pass over the corpus, in `<output_dir>/seq<length>/` (`seq_lengths`)."""
     mask_prob: float = 0.15
     """Masking rate recorded for dynamic masking (and used by static masking)."""
     test_split: float = 0.05
@@ -101,10 +102,18 @@ class MLMBuildOptions:
     resume: bool = False
     """Finish a build of `output_dir` that was stopped or killed (`dataset.text.resume`)."""
 
+    @property
+    def seq_lengths(self) -> tuple[int, ...]:
+        """The sequence lengths to build (one or more)."""
+        return (self.max_seq_length,) if isinstance(self.max_seq_length, int) else tuple(self.max_seq_length)
+
     def check(self) -> None:
         """Reject option values that cannot work, naming the flag to change."""
-        if self.max_seq_length < 8:
-            raise UserError(f"--max-seq-length {self.max_seq_length} is too short; use 8 or more (BERT uses 128 or 512)")
+        for length in self.seq_lengths:
+            if length < 8:
+                raise UserError(f"--max-seq-length {length} is too short; use 8 or more (BERT uses 128 or 512)")
+        if len(set(self.seq_lengths)) != len(self.seq_lengths) or not self.seq_lengths:
+            raise UserError(f"--max-seq-length {' '.join(map(str, self.seq_lengths))}: give each length once")
         if not 0.0 < self.mask_prob < 1.0:
             raise UserError(f"--mask-prob {self.mask_prob} must be between 0 and 1 (exclusive); BERT uses 0.15")
         if not 0.0 <= self.test_split < 1.0:
@@ -140,7 +149,10 @@ def build_mlm_dataset(options: MLMBuildOptions) -> MLMDatasetMetadata:
     with stop.installed():
         journal = BuildJournal(options.output_dir, _fingerprint(options, files), stop)
         stored = journal.open(options.resume, options.overwrite)
-        choice = _stored_tokenizer(journal.folder, stored) if stored else make_tokenizer(options, files, stop)
+        if stored:
+            choice = _stored_tokenizer(journal.folder / _subfolder(options, options.seq_lengths[0]), stored)
+        else:
+            choice = make_tokenizer(options, files, stop)
         try:
             metadata = write_dataset(options, files, choice, journal, stored)
         except BuildStopped:
@@ -298,31 +310,28 @@ class BuildStats:
 
 @dataclass
 class _Target:
-    """A dataset the build writes: its split writers and the packing state between chunks."""
+    """A dataset the build writes (one per sequence length): its split writers and the
+    packing state between chunks."""
 
+    folder: Path
+    seq_len: int
     writers: dict[str, ShardWriter]
-    counter: ReportCounter
-    num_documents: dict[str, int]
     capacity: int
     """Text tokens per segment."""
     pair_maker: PairMaker | None = None
     packers: dict[str, FullPacker] = field(default_factory=dict)
 
     def add(self, chunk: _Chunk) -> None:
-        """Count and pack the documents of one tokenised chunk."""
-        tokens = chunk.tokens
-        self.counter.add(chunk.split_of_line(), tokens.ids, tokens.line_lengths, tokens.sentences,
-                         tokens.unknown_characters)  # fmt: skip
+        """Pack the documents of one tokenised chunk."""
         for split, lines in chunk.documents():
-            self.num_documents[split] += 1
             if self.packers:
                 self.packers[split].add(lines)
             elif self.pair_maker is None:
                 for segment in pack_lines(lines, self.capacity):
                     self.writers[split].add(segment)
             else:
-                line_lengths = [len(line) for line in lines]
-                for segment_a, segment_b, label in self.pair_maker.pairs(pack_lines(lines, self.capacity), line_lengths, split):
+                segments, line_lengths = pack_lines(lines, self.capacity), [len(line) for line in lines]
+                for segment_a, segment_b, label in self.pair_maker.pairs(segments, line_lengths, split):
                     self.writers[split].add(segment_a, segment_b, label)
 
     def finish(self) -> None:
@@ -338,110 +347,138 @@ class _Target:
         """The packing state a resumed build restores (`dataset.text.resume`)."""
         return {"writers": {split: writer.state() for split, writer in self.writers.items()},
                 "packers": {split: packer.state() for split, packer in self.packers.items()},
-                "pair_maker": self.pair_maker, "counter": self.counter, "num_documents": dict(self.num_documents)}  # fmt: skip
+                "pair_maker": self.pair_maker}  # fmt: skip
 
     def restore(self, state: dict) -> None:
-        """Continue from a `state()`; objects shared with `BuildStats` are updated in place."""
+        """Continue from a `state()`."""
         for split, writer in self.writers.items():
             writer.restore(state["writers"][split])
         for split, packer in self.packers.items():
             packer.restore(state["packers"][split])
-        if self.pair_maker is not None:
-            self.pair_maker.__dict__.update(state["pair_maker"].__dict__)
-        self.counter.__dict__.update(state["counter"].__dict__)
-        self.num_documents.update(state["num_documents"])
+        self.pair_maker = state["pair_maker"]
 
 
-def _target(options: MLMBuildOptions, choice: TokenizerChoice, writers: dict[str, ShardWriter], stats: BuildStats) -> _Target:
-    """The packing of `options` (full, documents, NSP pairs) into `writers`."""
-    continuation = stats.counter.continuation
-    target = _Target(writers, stats.counter, stats.num_documents,
-                     (options.max_seq_length - 3) // 2 if options.nsp else options.max_seq_length - 2)  # fmt: skip
-    if options.nsp:
-        target.pair_maker = PairMaker(options.seed, continuation)
-    if options.packing == "full":
-        target.packers = {split: FullPacker(writers[split], options.max_seq_length - 2, choice.special_ids["[SEP]"])
-                          for split in SPLITS}  # fmt: skip
-    return target
+def _targets(options: MLMBuildOptions, choice: TokenizerChoice, root: Path) -> list[_Target]:
+    """One target per sequence length: `root` itself for one length, `root/seq<length>` for several."""
+    ids = choice.special_ids
+    vocab_size = choice.tokenizer.get_vocab_size(with_added_tokens=True)
+    masker = None
+    if options.static_masking:
+        masker = Masker(vocab_size, [ids[token] for token in SPECIAL_TOKENS], ids["[MASK]"], options.mask_prob)
+    targets = []
+    for seq_len in options.seq_lengths:
+        folder = root / _subfolder(options, seq_len)
+        writers = {split: ShardWriter(folder / split, ids, id_dtype(vocab_size), shard_size=options.shard_size,
+                                      seq_len=seq_len, nsp=options.nsp, seed=options.seed, masker=masker)
+                   for split in SPLITS}  # fmt: skip
+        target = _Target(folder, seq_len, writers, (seq_len - 3) // 2 if options.nsp else seq_len - 2)
+        if options.nsp:
+            target.pair_maker = PairMaker(options.seed, continuation_mask(choice.tokenizer))
+        if options.packing == "full":
+            target.packers = {split: FullPacker(writers[split], seq_len - 2, ids["[SEP]"]) for split in SPLITS}
+        targets.append(target)
+    return targets
+
+
+def _subfolder(options: MLMBuildOptions, seq_len: int) -> str:
+    """Where the dataset of one length goes inside the output folder: itself when it is the only one."""
+    return "" if len(options.seq_lengths) == 1 else f"seq{seq_len}"
 
 
 def write_shards(
-    options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, writers: dict[str, ShardWriter],
-    journal: BuildJournal,
+    options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, targets: list[_Target], journal: BuildJournal
 ) -> BuildStats:
-    """Stream every document through de-duplication, tokenisation and packing into the split writers,
-    committing to `journal` after each chunk that completed a shard (and when a stop is asked)."""
+    """Stream every document through de-duplication, tokenisation and packing into every
+    target's writers, committing to `journal` after each chunk that completed a shard (and
+    when a stop is asked)."""
     started = time.perf_counter()
     stats = BuildStats(
         CorpusReader(files, options.on_bad_line, options.text_field), Deduplicator(options.dedup),
         ReportCounter(continuation_mask(choice.tokenizer), choice.special_ids["[UNK]"]),
     )  # fmt: skip
-    target = _target(options, choice, writers, stats)
     chunks = _chunks(stats.deduplicator.filter(stats.reader.documents()), options)
-    done, state = journal.load()
-    for _ in range(done):  # a resumed build: read the committed chunks again, without tokenising them
-        next(chunks)
-    if state is not None:
-        target.restore(state)
+    done = _resume(journal, chunks, stats, targets)
     bar = tqdm(total=stats.reader.total_bytes(), unit="B", unit_scale=True, desc="building", disable=None)
     with bar, closing(tokenized_chunks(chunks, choice.tokenizer, options.num_workers)) as tokenized:
         for chunk in tokenized:
-            shards = target.num_shards()
-            target.add(chunk)
+            shards = sum(target.num_shards() for target in targets)
+            tokens = chunk.tokens
+            stats.counter.add(chunk.split_of_line(), tokens.ids, tokens.line_lengths, tokens.sentences,
+                              tokens.unknown_characters)  # fmt: skip
+            for split in chunk.splits:
+                stats.num_documents[split] += 1
+            for target in targets:
+                target.add(chunk)
             done += 1
-            if target.num_shards() > shards or journal.stop.signal_name:
-                journal.commit(done, target.state())
+            if sum(target.num_shards() for target in targets) > shards or journal.stop.signal_name:
+                journal.commit(done, {"counter": stats.counter, "num_documents": stats.num_documents,
+                                      "targets": [target.state() for target in targets]})  # fmt: skip
                 journal.stop.check(options.output_dir)
             bar.update(stats.reader.counters.bytes_on_disk - bar.n)
-    target.finish()
+    for target in targets:
+        target.finish()
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def _resume(journal: BuildJournal, chunks: Iterator[_Chunk], stats: BuildStats, targets: list[_Target]) -> int:
+    """Chunks done by a stopped build (0 for a new one): read them again without tokenising
+    them (which rebuilds the reader's counts and the de-duplication set), then restore the
+    packing state of the last commit."""
+    done, state = journal.load()
+    for _ in range(done):
+        next(chunks)
+    if state is not None:
+        stats.counter, stats.num_documents = state["counter"], state["num_documents"]
+        for target, target_state in zip(targets, state["targets"]):
+            target.restore(target_state)
+    return done
 
 
 def write_dataset(
     options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, journal: BuildJournal, stored: dict | None
 ) -> MLMDatasetMetadata:
     """Write the tokenizer (unless `stored`, a resumed build's), the shards, dataset.json and
-    report.txt into the journal's folder; returns the metadata."""
-    folder = journal.folder
-    vocab_size = choice.tokenizer.get_vocab_size(with_added_tokens=True)
+    report.txt of every sequence length into the journal's folder; the first length's metadata."""
+    targets = _targets(options, choice, journal.folder)
     if stored is None:
-        shutil.rmtree(folder / "tokenizer", ignore_errors=True)  # a build killed while saving it
-        vocab_sha256 = save_tokenizer(choice, folder / "tokenizer", options.max_seq_length)
+        for target in targets:
+            shutil.rmtree(target.folder / "tokenizer", ignore_errors=True)  # a build killed while saving it
+            vocab_sha256 = save_tokenizer(choice, target.folder / "tokenizer", target.seq_len)
         journal.save_record({"kind": choice.kind, "lowercase": choice.lowercase, "vocab_sha256": vocab_sha256})
     else:
         vocab_sha256 = stored["vocab_sha256"]
-    dtype = id_dtype(vocab_size)
-    ids = choice.special_ids
-    special = [ids[token] for token in SPECIAL_TOKENS]
-    masker = Masker(vocab_size, special, ids["[MASK]"], options.mask_prob) if options.static_masking else None
-    writers = {
-        split: ShardWriter(folder / split, ids, dtype, shard_size=options.shard_size, seq_len=options.max_seq_length,
-                           nsp=options.nsp, seed=options.seed, masker=masker)
-        for split in SPLITS
-    }  # fmt: skip
-    stats = write_shards(options, files, choice, writers, journal)
-    if writers["train"].num_sequences == 0:
+    stats = write_shards(options, files, choice, targets, journal)
+    if targets[0].writers["train"].num_sequences == 0:
         raise UserError(f"no text in --input-files {' '.join(map(str, files))}: nothing to train on")
+    metadatas = [_write_metadata(options, choice, target, stats, vocab_sha256) for target in targets]
+    return metadatas[0]
+
+
+def _write_metadata(
+    options: MLMBuildOptions, choice: TokenizerChoice, target: _Target, stats: BuildStats, vocab_sha256: str
+) -> MLMDatasetMetadata:
+    """Write one target's dataset.json and report.txt and print its summary; its metadata."""
+    ids, writers = choice.special_ids, target.writers
     metadata = MLMDatasetMetadata(
-        vocab_size=vocab_size, seq_len=options.max_seq_length,
+        vocab_size=choice.tokenizer.get_vocab_size(with_added_tokens=True), seq_len=target.seq_len,
         pad_id=ids["[PAD]"], cls_id=ids["[CLS]"], sep_id=ids["[SEP]"], mask_id=ids["[MASK]"], unk_id=ids["[UNK]"],
-        special_ids=special, mask_prob=options.mask_prob, nsp=options.nsp, static_masking=options.static_masking,
-        tokenizer=choice.kind, lowercase=choice.lowercase, vocab_sha256=vocab_sha256,
-        num_documents=stats.num_documents,
+        special_ids=[ids[token] for token in SPECIAL_TOKENS], mask_prob=options.mask_prob, nsp=options.nsp,
+        static_masking=options.static_masking, tokenizer=choice.kind, lowercase=choice.lowercase,
+        vocab_sha256=vocab_sha256, num_documents=stats.num_documents,
         num_sequences={split: writer.num_sequences for split, writer in writers.items()},
         num_tokens={split: writer.num_tokens for split, writer in writers.items()},
         shards={split: writer.names for split, writer in writers.items()},
-        dtype=np.dtype(dtype).name, packing=options.packing, dedup=options.dedup,
+        dtype=np.dtype(writers["train"].dtype).name, packing=options.packing, dedup=options.dedup,
     )  # fmt: skip
     metadata.report = stats.counter.report(metadata, stats.reader.counters, stats.deduplicator)
-    write_json(folder / "dataset.json", metadata.model_dump())
-    write_text(folder / "report.txt", render_report(metadata))
-    _print_summary(metadata, stats, options)
+    write_json(target.folder / "dataset.json", metadata.model_dump())
+    write_text(target.folder / "report.txt", render_report(metadata))
+    _print_summary(metadata, stats, Path(options.output_dir) / _subfolder(options, target.seq_len))
     return metadata
 
 
-def _print_summary(metadata: MLMDatasetMetadata, stats: BuildStats, options: MLMBuildOptions) -> None:
+def _print_summary(metadata: MLMDatasetMetadata, stats: BuildStats, destination: Path) -> None:
     """The report on stdout, its warnings on stderr (one line each), then the speed."""
     print(render_report(metadata, with_warnings=False), end="")
     for warning in metadata.report.warnings:
@@ -451,5 +488,5 @@ def _print_summary(metadata: MLMDatasetMetadata, stats: BuildStats, options: MLM
     megabytes = stats.reader.counters.bytes_on_disk / 1e6
     print(
         f"vocabulary {metadata.vocab_size} ({metadata.tokenizer}), ids {metadata.dtype}; read {megabytes:.1f} MB "
-        f"in {stats.seconds:.1f} s ({megabytes / max(stats.seconds, 1e-9):.1f} MB/s) -> {options.output_dir}"
+        f"in {stats.seconds:.1f} s ({megabytes / max(stats.seconds, 1e-9):.1f} MB/s) -> {destination}"
     )
