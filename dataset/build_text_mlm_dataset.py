@@ -22,9 +22,15 @@ bzip2 or zstd compressed (zstd needs zstandard; `pip install -e ".[corpora]"` ad
 Exact repeats of documents (`--dedup documents`, the default) or paragraphs are removed
 before the split, so no duplicate crosses it.
 
-The tokenizer is a WordPiece vocabulary trained on the corpus (default; on a sample of
-`--tokenizer-sample-mb` for large corpora), a word-level vocabulary of the most frequent
-words (`--tokenizer whitespace`), or an existing `tokenizer.json` / `vocab.txt` / folder.
+The tokenizer is a WordPiece vocabulary trained on the corpus (default; for a corpus larger
+than `--tokenizer-sample-mb`, on about that much text: ~1 MB from each of a seeded choice
+of files, chosen by size, `dataset/text/sample.py`), a word-level vocabulary of the most
+frequent words (`--tokenizer whitespace`), or an existing `tokenizer.json` / `vocab.txt` /
+folder.
+
+Several lengths (`--max-seq-length 128 512`, BERT's two phases) build one dataset per
+length, `OUTPUT_DIR/seq128/` and `OUTPUT_DIR/seq512/`, from one pass over the corpus (read
+and tokenised once); each is the dataset a build of that length alone gives.
 
 Packing (`--packing`): `full` concatenates the documents of a split with [SEP] between
 them and cuts the stream into full sequences `[CLS] ... [SEP]` (RoBERTa's
@@ -87,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "in OUTPUT_DIR/seq<length>/, from one pass")  # fmt: skip
     parser.add_argument("--mask-prob", type=float, default=0.15, help="masking rate recorded for dynamic masking")
     parser.add_argument("--test-split", type=float, default=0.05, help="fraction of documents in the test split")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, NSP pairs and static masks")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the tokenizer's sample, NSP pairs and static masks")
     parser.add_argument(
         "--tokenizer", default="wordpiece", help="'wordpiece' (train), 'whitespace' (word-level), or a PATH to reuse"
     )

@@ -343,18 +343,18 @@ class _Target:
     def num_shards(self) -> int:
         return sum(len(writer.names) for writer in self.writers.values())
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         """The packing state a resumed build restores (`dataset.text.resume`)."""
-        return {"writers": {split: writer.state() for split, writer in self.writers.items()},
-                "packers": {split: packer.state() for split, packer in self.packers.items()},
+        return {"writers": {split: writer.state_dict() for split, writer in self.writers.items()},
+                "packers": {split: packer.state_dict() for split, packer in self.packers.items()},
                 "pair_maker": self.pair_maker}  # fmt: skip
 
-    def restore(self, state: dict) -> None:
-        """Continue from a `state()`."""
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()`."""
         for split, writer in self.writers.items():
-            writer.restore(state["writers"][split])
+            writer.load_state_dict(state["writers"][split])
         for split, packer in self.packers.items():
-            packer.restore(state["packers"][split])
+            packer.load_state_dict(state["packers"][split])
         self.pair_maker = state["pair_maker"]
 
 
@@ -412,7 +412,7 @@ def write_shards(
             done += 1
             if sum(target.num_shards() for target in targets) > shards or journal.stop.signal_name:
                 journal.commit(done, {"counter": stats.counter, "num_documents": stats.num_documents,
-                                      "targets": [target.state() for target in targets]})  # fmt: skip
+                                      "targets": [target.state_dict() for target in targets]})  # fmt: skip
                 journal.stop.check(options.output_dir)
             bar.update(stats.reader.counters.bytes_on_disk - bar.n)
     for target in targets:
@@ -431,7 +431,7 @@ def _resume(journal: BuildJournal, chunks: Iterator[_Chunk], stats: BuildStats, 
     if state is not None:
         stats.counter, stats.num_documents = state["counter"], state["num_documents"]
         for target, target_state in zip(targets, state["targets"]):
-            target.restore(target_state)
+            target.load_state_dict(target_state)
     return done
 
 

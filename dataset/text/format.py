@@ -251,13 +251,13 @@ class ShardWriter:
         self.ids.fill(self.pad_id)
         self.rows = 0
 
-    def state(self) -> dict:
-        """What `restore` needs to continue this writer exactly (the buffered rows, not the whole buffer)."""
+    def state_dict(self) -> dict:
+        """What `load_state_dict` needs to continue this writer exactly (the buffered rows, not the whole buffer)."""
         return {"ids": self.ids[: self.rows].copy(), "nsp_labels": self.nsp_labels[: self.rows].copy(),
                 "names": list(self.names), "num_sequences": self.num_sequences, "num_tokens": self.num_tokens}  # fmt: skip
 
-    def restore(self, state: dict) -> None:
-        """Continue from a `state()` (a resumed build)."""
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()` (a resumed build)."""
         self.rows = len(state["ids"])
         self.ids[: self.rows], self.nsp_labels[: self.rows] = state["ids"], state["nsp_labels"]
         self.names, self.num_sequences, self.num_tokens = state["names"], state["num_sequences"], state["num_tokens"]
