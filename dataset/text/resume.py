@@ -151,14 +151,16 @@ class BuildJournal:
 
     def finish(self, overwrite: bool) -> None:
         """Drop the journal and record, and move the complete folder to `output_dir`."""
-        for name in (JOURNAL, RECORD):
-            (self.folder / name).unlink(missing_ok=True)
+        final = Path(self.output_dir)
+        if final.exists() and not overwrite:
+            raise BuildStopped(f"output folder {final} appeared during the build; move it away and run with --resume")
+        # The journal goes first and the record last, just before the rename: a kill in
+        # between resumes from the start with the saved tokenizer, never a retrained one.
+        (self.folder / JOURNAL).unlink(missing_ok=True)
         for path in self.folder.rglob("*"):
             fsync_path(path)
-        final = Path(self.output_dir)
+        (self.folder / RECORD).unlink()
         if final.exists():
-            if not overwrite:
-                raise UserError(f"output folder {final} appeared during the build; move it away and run with --resume")
             trash = final.with_name(f".{final.name}.old-{os.getpid()}")
             final.rename(trash)
             self.folder.rename(final)
