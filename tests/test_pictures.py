@@ -1,0 +1,90 @@
+"""Pictures: metric curves (`utils.plot_metrics`) and rendered predictions
+(`utils.render_predictions`), on tiny hand-made runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from core.errors import UserError
+from utils import plot_metrics
+
+
+def write_run(run_dir, with_tokens: bool = True) -> None:
+    """A TRM run of 40 steps: training records every 10 steps, evaluations at 20 and 40."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"arch": {"name": "trm"}}))
+    lines = []
+    for step in (10, 20, 30, 40):
+        record = {"step": step, "time": 1000.0 + step, "train/lm_loss": 2.0 / math.sqrt(step),
+                  "train/q_halt_loss": 0.1, "train/lr": 1e-3 * min(1.0, step / 20), "train/grad_norm": 5.0 / step,
+                  "train/tokens_per_s": 900.0 + step, "train/examples_per_s": 11.0}
+        if with_tokens:
+            record["train/tokens_seen"] = 1024 * step
+        lines.append(record)
+        if step % 20 == 0:
+            lines.append({"step": step, "time": 1001.0 + step, "all/lm_loss": 2.2 / math.sqrt(step),
+                          "all/accuracy": step / 50, "all/exact_accuracy": step / 100, "all/q_halt_loss": 0.2})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_default_panels_put_train_and_eval_loss_together(tmp_path):
+    write_run(tmp_path / "run")
+    records = plot_metrics.read_metrics(tmp_path / "run")
+    assert plot_metrics.default_panels(tmp_path / "run", records) == [
+        ("lm_loss", ["train/lm_loss", "all/lm_loss"]),  # the plugin's main loss, not q_halt_loss
+        ("learning rate", ["train/lr"]),
+        ("gradient norm", ["train/grad_norm"]),
+        ("tokens per second", ["train/tokens_per_s"]),
+        ("evaluation", ["all/accuracy", "all/exact_accuracy"]),
+    ]
+
+
+def test_the_png_has_a_panel_per_default_group_and_a_tokens_axis(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib import pyplot
+
+    write_run(tmp_path / "run")
+    figures = []
+    original = pyplot.subplots
+    pyplot_subplots = lambda *args, **kwargs: figures.append(original(*args, **kwargs)) or figures[-1]  # noqa: E731
+    pyplot.subplots = pyplot_subplots
+    try:
+        output = plot_metrics.plot(tmp_path / "run", None, tmp_path / "curves.png")
+    finally:
+        pyplot.subplots = original
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure, axes = figures[0]
+    loss_axis = axes.flat[0]
+    assert [line.get_label() for line in loss_axis.get_lines()] == ["train/lm_loss", "all/lm_loss"]
+    assert list(loss_axis.get_lines()[1].get_xdata()) == [20, 40]
+    top = [child for child in loss_axis.child_axes if child.get_xlabel() == "tokens seen"]
+    assert len(top) == 1  # the secondary x axis, steps -> tokens through train/tokens_seen
+    assert sum(axis.axison for axis in axes.flat) == 5
+
+
+def test_the_tokens_axis_appears_only_when_tokens_are_logged(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    write_run(tmp_path / "run", with_tokens=False)
+    records = plot_metrics.read_metrics(tmp_path / "run")
+    axis = Figure().add_subplot()
+    plot_metrics.draw_panel(axis, "lm_loss", ["train/lm_loss"], records, 40)
+    assert not plot_metrics.series(records, plot_metrics.TOKENS_SEEN)[0] and not axis.child_axes
+    plot_metrics.plot(tmp_path / "run", None, tmp_path / "curves.png")  # still draws
+
+
+def test_a_wrong_metric_name_lists_every_logged_key(tmp_path):
+    pytest.importorskip("matplotlib")
+    write_run(tmp_path / "run")
+    with pytest.raises(UserError) as error:
+        plot_metrics.plot(tmp_path / "run", ["train/lm_los"], tmp_path / "curves.png")
+    message = str(error.value)
+    assert message.startswith("no values for train/lm_los in ")
+    logged = message.split("logged: ")[1].split(", ")
+    assert logged == ["train/lm_loss", "train/q_halt_loss", "train/lr", "train/grad_norm", "train/tokens_per_s",
+                      "train/examples_per_s", "train/tokens_seen", "all/lm_loss", "all/accuracy",
+                      "all/exact_accuracy", "all/q_halt_loss"]
