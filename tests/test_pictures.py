@@ -88,3 +88,83 @@ def test_a_wrong_metric_name_lists_every_logged_key(tmp_path):
     assert logged == ["train/lm_loss", "train/q_halt_loss", "train/lr", "train/grad_norm", "train/tokens_per_s",
                       "train/examples_per_s", "train/tokens_seen", "all/lm_loss", "all/accuracy",
                       "all/exact_accuracy", "all/q_halt_loss"]
+
+
+# --------------------------------------------------------------------- rendered predictions
+
+ARC_PUZZLES = {
+    "flip": {"train": [{"input": [[1, 0], [0, 2]], "output": [[0, 1], [2, 0]]},
+                       {"input": [[3, 3, 0]], "output": [[0, 3, 3]]}],
+             "test": [{"input": [[4, 0, 9]], "output": [[9, 0, 4]]}]},
+    "fill": {"train": [{"input": [[0, 0], [0, 0]], "output": [[5, 5], [5, 5]]}],
+             "test": [{"input": [[0]], "output": [[5]]}, {"input": [[0, 0]], "output": [[5, 5]]}]},
+}
+SUBMISSION = {
+    "flip": [{"attempt_1": [[4, 0, 9]], "attempt_2": [[9, 0, 4]]}],  # right at the second attempt
+    "fill": [{"attempt_1": [[5]], "attempt_2": [[0]]}, {"attempt_1": [[5, 0]], "attempt_2": [[0]]}],  # one of two
+}
+
+
+def write_arc_run(tmp_path):
+    data, run = tmp_path / "arc-data", tmp_path / "run"
+    data.mkdir()
+    run.mkdir()
+    (data / "test_puzzles.json").write_text(json.dumps(ARC_PUZZLES))
+    (run / "config.json").write_text(json.dumps({"data_paths": [str(data)]}))
+    (run / "submission.json").write_text(json.dumps(SUBMISSION))
+    return run
+
+
+def test_arc_puzzles_are_drawn_with_verdicts_and_the_arc_palette(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    from utils import render_predictions
+
+    written = render_predictions.render(write_arc_run(tmp_path), tmp_path / "out", None, max_puzzles=10)
+    assert [path.name for path in written] == ["fill.png", "flip.png"]
+    assert all(path.read_bytes()[:4] == b"\x89PNG" for path in written)
+    out = capsys.readouterr().out
+    assert "2 puzzles drawn to" in out and ", 1 solved within the submitted attempts" in out
+    figure, verdicts = render_predictions.arc_figure(pyplot, "flip", ARC_PUZZLES["flip"], SUBMISSION["flip"])
+    assert verdicts == [[False, True]]
+    titles = [axis.get_title() for axis in figure.axes if axis.axison]
+    assert titles == ["demo 1: input\n2x2", "demo 1: output\n2x2", "demo 2: input\n1x3", "demo 2: output\n1x3",
+                      "test 1: input\n1x3", "attempt 1: wrong\n1x3", "attempt 2: correct\n1x3", "test 1: truth\n1x3"]
+    attempt = [axis for axis in figure.axes if axis.get_title().startswith("attempt 2")][0]
+    assert matplotlib.colors.to_hex(attempt.spines["left"].get_edgecolor()).upper() == render_predictions.RIGHT
+    image = attempt.get_images()[0]
+    # cell (0, 0) holds colour 9: maroon in the ARC palette
+    assert matplotlib.colors.to_hex(image.cmap(image.norm(9))).upper() == "#870C25"
+    _, verdicts = render_predictions.arc_figure(pyplot, "fill", ARC_PUZZLES["fill"], SUBMISSION["fill"])
+    assert verdicts == [[True, False], [False, False]]  # the second test input is missed: not solved
+
+
+def test_sudoku_predictions_are_text_grids_with_the_wrong_cells_marked(tmp_path, capsys):
+    from utils import render_predictions
+
+    # a 2x2 "Sudoku" in the Sudoku vocabulary (token = digit + 1, 1 = blank)
+    puzzle = {"row": 7, "inputs": [2, 1, 1, 3], "labels": [2, 3, 4, 3], "preds": [2, 3, 2, 3]}
+    source = tmp_path / "run" / "predictions" / "all.json"
+    source.parent.mkdir(parents=True)
+    source.write_text(json.dumps({"vocab_size": 11, "puzzles": [puzzle]}))
+    written = render_predictions.render(tmp_path / "run", tmp_path / "out", None, max_puzzles=10)
+    assert written == [tmp_path / "out" / "all.txt"]
+    assert written[0].read_text() == (
+        "puzzle 7: 1 of 4 cells wrong (marked *)\n"
+        "input       prediction  truth\n"
+        "1 .         1 2         1 2\n"
+        ". 2         1*2         3 2\n"
+    )
+    assert "1 puzzles written" in capsys.readouterr().out
+
+
+def test_a_run_without_predictions_says_how_to_get_them(tmp_path):
+    from utils import render_predictions
+
+    (tmp_path / "run").mkdir()
+    with pytest.raises(UserError, match=r"no submission.json .* puzzle_predictions"):
+        render_predictions.render(tmp_path / "run", tmp_path / "out", None, max_puzzles=10)
