@@ -168,3 +168,46 @@ def test_a_run_without_predictions_says_how_to_get_them(tmp_path):
     (tmp_path / "run").mkdir()
     with pytest.raises(UserError, match=r"no submission.json .* puzzle_predictions"):
         render_predictions.render(tmp_path / "run", tmp_path / "out", None, max_puzzles=10)
+
+
+def test_puzzle_predictions_number_rows_as_the_dataset_on_any_number_of_ranks(tmp_path):
+    import torch
+
+    from dataset.puzzles.loader import iter_puzzle_eval_batches
+    from evaluators.puzzle_predictions import PuzzlePredictionsConfig, PuzzlePredictionsEvaluator
+    from tests.helpers import load_puzzle_arrays, make_puzzle_dataset
+
+    data = make_puzzle_dataset(tmp_path / "data", num_test=13, seq_len=9)
+    expected = load_puzzle_arrays(data, "test")["inputs"]
+    for world_size in (1, 2):
+        seen = {}
+        for rank in range(world_size):
+            evaluator = PuzzlePredictionsEvaluator(str(data), PuzzlePredictionsConfig(max_puzzles=11))
+            for set_name, batch in iter_puzzle_eval_batches([str(data)], 4, rank, world_size):
+                tensors = {key: torch.from_numpy(value) for key, value in batch.items()}
+                evaluator.update(set_name, tensors, {"preds": tensors["inputs"]})
+            seen.update({evaluator._row(key, rank, world_size): inputs
+                         for key, (inputs, _, _) in evaluator.records["all"].items()})
+        assert set(range(11)) <= set(seen) and set(seen) <= set(range(13))  # padded rows are not kept
+        for row, inputs in seen.items():
+            assert inputs == expected[row].tolist(), (world_size, row)
+
+
+def test_a_run_with_puzzle_predictions_writes_what_the_renderer_reads(tmp_path):
+    from pretrain import launch
+    from tests.helpers import TINY_TRM, compose_config, load_puzzle_arrays, make_puzzle_dataset
+    from utils import render_predictions
+
+    data = make_puzzle_dataset(tmp_path / "data", seq_len=9)  # 3x3 grids in a 6-token vocabulary (Maze's)
+    overrides = [arg for arg in TINY_TRM if not arg.startswith("evaluators=")]
+    launch(compose_config(overrides + [f"data_paths=[{data}]", "evaluators=[{name: puzzle_predictions, max_puzzles: 5}]",
+                                       "global_batch_size=8", "max_steps=2", "epochs=1", "eval_interval=1",
+                                       f"+checkpoint_path={tmp_path / 'run'}"]))
+    written = json.loads((tmp_path / "run" / "predictions" / "all.json").read_text())
+    test = load_puzzle_arrays(data, "test")
+    assert written["vocab_size"] == 6 and [p["row"] for p in written["puzzles"]] == [0, 1, 2, 3, 4]
+    for puzzle in written["puzzles"]:
+        assert puzzle["labels"] == test["labels"][puzzle["row"]].tolist()
+        assert len(puzzle["preds"]) == 9
+    text = render_predictions.render(tmp_path / "run", tmp_path / "out", None, max_puzzles=50)[0].read_text()
+    assert text.count("cells wrong (marked *)") == 5
