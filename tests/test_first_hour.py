@@ -287,7 +287,8 @@ def test_time_spent_evaluating_is_not_counted_in_the_rates(monkeypatch):
 
 CLIS = ["dataset/build_sudoku_dataset.py", "dataset/build_maze_dataset.py", "dataset/build_arc_dataset.py",
         "dataset/build_text_mlm_dataset.py", "dataset/build_text_cls_dataset.py", "dataset/build_token_cls_dataset.py",
-        "dataset/build_qa_dataset.py", "dataset/demo_corpus.py", "utils/export_hf.py", "utils/plot_metrics.py"]
+        "dataset/build_qa_dataset.py", "dataset/demo_corpus.py", "utils/export_hf.py", "utils/plot_metrics.py",
+        "utils/render_predictions.py"]
 
 
 @pytest.mark.parametrize("script", CLIS)
