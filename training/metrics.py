@@ -2,7 +2,8 @@
 
 - `MetricAccumulator`: (sum, count) pairs added up locally, averaged over every rank.
 - `ThroughputMeter`: examples and real tokens per second between two reports.
-- `progress_fields`: what the progress bar shows.
+- `progress_fields`: what the progress bar shows; `progress_display`: the bar on a terminal,
+  `LineProgress` (one line per log interval) in a log file or a pipe.
 - `MetricsLogger`: where records go: `metrics.jsonl` in the run folder, and Weights &
   Biases if available.
 
@@ -12,7 +13,9 @@ once, so a killed run keeps its curve) and forwards the same record to wandb.
 
 wandb is optional: `wandb=auto` logs online when the package is installed and a login
 is found, offline when it is installed but not logged in, and not at all when it is
-missing; `wandb=disabled` turns it off. Training never fails because of wandb.
+missing; `wandb=disabled` turns it off. Training never fails because of wandb once it
+has started: `wandb=online` without a login is refused before anything is built
+(`check_wandb_login`), with one line.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ class MetricsLogger:
     def __init__(self, run_dir: Path, wandb_mode: str, project: str, run_name: str, config: dict[str, Any],
                  resume_step: int | None = None):
         """`resume_step`: the step a resumed run restarts from; records logged after it by
-        the interrupted run are dropped, since the resumed run logs those steps again."""
-        run_dir.mkdir(parents=True, exist_ok=True)
+        the interrupted run are dropped, since the resumed run logs those steps again.
+        `run_dir` must exist (`training.build.prepare_run_dir` makes it)."""
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             _drop_records_after(self.path, resume_step)
