@@ -70,3 +70,17 @@ def test_wandb_auto_without_a_login_logs_offline_without_deprecation_warnings(tm
     assert result.returncode == 0, result.stderr[-2000:]
     assert "note: wandb is logging offline" in result.stdout
     assert "deprecated" not in result.stdout + result.stderr  # wandb.api's warning (wandb >= 0.30)
+
+
+def test_a_wandb_key_in_the_environment_counts_as_a_login(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from training.metrics import check_wandb_login, wandb_logged_in
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert not wandb_logged_in(wandb)
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789" * 4)  # read locally, never checked with the server here
+    assert wandb_logged_in(wandb)
+    check_wandb_login("online")  # no error

@@ -134,7 +134,7 @@ def draw_grid(axis, grid: list[list[int]], title: str, right: bool | None = None
     # Ticks on the cell borders only (matplotlib drops minor ticks that sit on major ones), drawn as lines.
     axis.set_xticks([x - 0.5 for x in range(1, width)])
     axis.set_yticks([y - 0.5 for y in range(1, height)])
-    axis.grid(color="#808080", linewidth=1)
+    axis.grid(color="#808080", linewidth=1 if max(height, width) <= 12 else 0.3)
     axis.set_axisbelow(False)  # the cell lines over the colours
     axis.tick_params(length=0, labelbottom=False, labelleft=False)
     axis.set_title(f"{title}\n{height}x{width}", fontsize=9,
