@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--build-seconds", type=float, default=30.0,
                         help="how long the build before 'build then train' lasts (builds are repeated)")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    common.add_no_record_option(parser)
     args = parser.parse_args(argv)
     data = bert_train.prepare_dataset(128)
     rows, notes = [], []
@@ -121,11 +121,8 @@ def main(argv: list[str] | None = None) -> None:
                                  "new rule (busy now): threads: rate", "new / old"], rows)
     notes.append("bert: bert_tiny, length 128, batch 16, 8 timed steps; trm: the `small` size of "
                  "benchmarks.trm_train, 3 timed steps; each rule's rate is the measured rate at the count it chose")
-    if args.no_record:
-        print(table)
-        return
-    common.append_results("cpu_threads: the default thread count, old rule vs new, idle, loaded, build then train",
-                          common.command_line(), table, notes)
+    common.print_or_record(args, "cpu_threads: the default thread count, old rule vs new, idle, loaded, build then train",
+                           table, notes)
 
 
 if __name__ == "__main__":

@@ -15,17 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from core.constants import IGNORE_LABEL_ID
 from dataset.puzzles.format import PuzzleDatasetMetadata
+from evaluators.base import EvaluatorOptions
 from evaluators.gather import gather_records, write_predictions
 
 
-class PuzzlePredictionsConfig(BaseModel):
+class PuzzlePredictionsConfig(EvaluatorOptions):
     """Options of the `puzzle_predictions` evaluator (unknown keys are refused)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     max_puzzles: int = Field(default=100, ge=1)
     """Test puzzles written per set (the first ones, in the dataset's order)."""
