@@ -106,6 +106,7 @@ def draw_panel(axis, title: str, names: list[str], records: list[dict], last_ste
         from matplotlib.ticker import FormatStrFormatter
 
         axis.yaxis.set_major_formatter(FormatStrFormatter("%.1e"))  # no "1e-3" offset above the axis
+        axis.set_ylim(bottom=0)  # from zero: warm-up and decay read as fractions of the peak, a constant lr as flat
 
 
 def add_tokens_axis(axis, records: list[dict]) -> None:
