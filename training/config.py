@@ -58,8 +58,9 @@ class PretrainConfig(BaseModel):
     """Stop after this many optimiser steps (for demos and smoke tests); the LR schedule
     still spans the whole run."""
 
-    optimizer: Literal["adam_atan2", "adamw"] = "adam_atan2"
-    """Weights optimiser: TRM's Adam-atan2 or AdamW (BERT)."""
+    optimizer: Literal["adam_atan2", "adamw", "lamb"] = "adam_atan2"
+    """Weights optimiser: TRM's Adam-atan2, AdamW (BERT), or LAMB (BERT at batches of
+    thousands, as NVIDIA trains it: `training/lamb.py`)."""
     lr: float
     """Peak learning rate."""
     lr_min_ratio: float = 1.0

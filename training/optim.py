@@ -5,7 +5,7 @@
 - `SparseSignSGD`: TRM's optimiser for the puzzle-embedding table: only the rows used in
   the batch move, by the sign of their gradient (duplicate ids summed, then over ranks).
 - `learning_rate`: linear warmup, then cosine (TRM) or linear (BERT) decay to a floor.
-- `build_optimizers`: the run's optimisers over the architecture's parameter groups.
+- `build_optimizers`: the run's optimisers (AdamW, Adam-atan2, or `training.lamb.Lamb`) over the architecture's parameter groups.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from models.interface import ParamGroups
+from training.lamb import Lamb
 
 
 class AdamAtan2(torch.optim.Optimizer):
@@ -150,5 +151,7 @@ def build_optimizers(groups: ParamGroups, optimizer: str, lr: float, betas: tupl
         return None, sparse
     if optimizer == "adam_atan2":
         return AdamAtan2(groups.dense, lr=lr, betas=betas), sparse
+    if optimizer == "lamb":
+        return Lamb(groups.dense, lr=lr, betas=betas), sparse
     fused = bool(params) and params[0].device.type == "cuda"
     return torch.optim.AdamW(groups.dense, lr=lr, betas=betas, fused=fused), sparse
