@@ -24,6 +24,7 @@ from models.registry import get_arch
 from training import distributed
 from training.checkpoint import find_latest, resolve_checkpoint, restore
 from training.config import MOVED_KEYS, PretrainConfig, validate
+from training.continue_from import continue_from
 from training.distributed import DistContext
 from training.ema import EMA
 from training.init_from import starting_point
@@ -81,7 +82,7 @@ def eval_only_config(config: PretrainConfig, composed: dict[str, Any], overrides
     saved = _read_saved_config(checkpoint)
     # The weights come from the checkpoint, whose arch section is already sized: no starting point.
     merged = {**saved, "eval_only": True, "load_checkpoint": config.load_checkpoint, "resume": None,
-              "init_from": None, "init_from_hf": None}
+              "init_from": None, "init_from_hf": None, "continue_from": None}
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if key == "arch":
@@ -156,6 +157,11 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
                      micro_batch_size=micro_batch_size)
     if checkpoint_path is not None:
         restore(state, ctx, checkpoint_path)
+    elif config.continue_from:
+        continued = continue_from(state, ctx, config.continue_from)
+        if dist.is_main:
+            print(f"continued from {continued}: weights and optimizer state; step, schedule and data position "
+                  "start afresh", flush=True)
     _wrap_forward(state, config, dist)
     return state, ctx, checkpoint_path
 
