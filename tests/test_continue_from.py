@@ -44,11 +44,11 @@ def test_phase_2_carries_weights_and_moments_and_starts_step_schedule_and_data_a
     phase1, long, _ = phase_1
     saved = find_latest(phase1)
     # Phase 2 changes the weight decay: this run's settings, not phase 1's, must rule.
-    phase2 = [f"data_paths=[{long}]", "weight_decay=0.02", "lr_warmup_steps=4"]
+    phase2 = [f"data_paths=[{long}]", "weight_decay=0.02", "lr_warmup_steps=4", "total_steps=6"]
     state, ctx, restored = _setup(phase2 + [f"+continue_from={phase1}", f"+checkpoint_path={tmp_path / 'p2'}"])
     fresh, _, _ = _setup(phase2 + [f"+checkpoint_path={tmp_path / 'fresh'}"])
     assert restored is None and state.step == 0
-    assert state.stream_state == fresh.stream_state and state.total_steps == fresh.total_steps
+    assert state.stream_state == fresh.stream_state and state.total_steps == fresh.total_steps == 6
     weights = load_file(saved / "model.safetensors")
     for name, tensor in state.model.state_dict().items():
         assert torch.equal(tensor, weights[name]), name

@@ -141,7 +141,7 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
     stream = data_kind.train_stream(config.data_paths, data_options, config.seed, config.global_batch_size,
                                     dist.rank, dist.world_size)
     steps_per_epoch = stream.examples_per_epoch / config.global_batch_size
-    total_steps = max(1, int(config.epochs * steps_per_epoch))
+    total_steps = config.total_steps or max(1, int(config.epochs * steps_per_epoch))
     if config.lr_warmup_ratio is not None:  # a fraction of the whole run, known only now
         config = config.model_copy(update={"lr_warmup_steps": round(config.lr_warmup_ratio * total_steps)})
     state = TrainState(

@@ -57,6 +57,9 @@ class PretrainConfig(BaseModel):
     max_steps: int | None = None
     """Stop after this many optimiser steps (for demos and smoke tests); the LR schedule
     still spans the whole run."""
+    total_steps: int | None = Field(default=None, ge=1)
+    """The run's length in optimiser steps, which the LR schedule spans (recipes stated in
+    steps, as NVIDIA's BERT phases); None: `epochs` x steps per epoch."""
 
     optimizer: Literal["adam_atan2", "adamw", "lamb"] = "adam_atan2"
     """Weights optimiser: TRM's Adam-atan2, AdamW (BERT), or LAMB (BERT at batches of
