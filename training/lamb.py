@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import torch
 
+from training.adam_moments import GroupwiseOptimizer, adam_moments
 
-class Lamb(torch.optim.Optimizer):
+
+class Lamb(GroupwiseOptimizer):
     """LAMB as NVIDIA trains BERT with (see the module docstring for the formulas)."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
@@ -44,40 +46,10 @@ class Lamb(torch.optim.Optimizer):
             raise ValueError(f"invalid Lamb settings: lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102
-        for group in self.param_groups:
-            params = [param for param in group["params"] if param.grad is not None]
-            if params:
-                self._update(params, group)
-        return None
-
-    def _moments(self, params: list[torch.Tensor], group: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Advance the moments of `params`; (bias-corrected first moments, sqrt(v_hat) + eps)."""
-        beta1, beta2 = group["betas"]
-        for param in params:
-            if not self.state[param]:
-                self.state[param] = {"step": torch.zeros((), dtype=torch.float32),
-                                     "exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}
-        states = [self.state[param] for param in params]
-        grads = [param.grad for param in params]
-        exp_avgs = [state["exp_avg"] for state in states]
-        exp_avg_sqs = [state["exp_avg_sq"] for state in states]
-        steps = [state["step"] for state in states]
-        torch._foreach_add_(steps, 1.0)
-        step_values = [step.item() for step in steps]  # CPU tensors: no device sync
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-        m_hat = torch._foreach_div(exp_avgs, [1 - beta1**step for step in step_values])
-        denominators = torch._foreach_div(exp_avg_sqs, [1 - beta2**step for step in step_values])
-        torch._foreach_sqrt_(denominators)
-        torch._foreach_add_(denominators, group["eps"])
-        return m_hat, denominators
-
     def _update(self, params: list[torch.Tensor], group: dict) -> None:
         """One LAMB step for `params` of one group."""
-        updates, denominators = self._moments(params, group)
+        updates, denominators = adam_moments(self, params, group["betas"])
+        torch._foreach_add_(denominators, group["eps"])
         torch._foreach_div_(updates, denominators)  # (m_hat / (sqrt(v_hat) + eps)), in m_hat's buffers
         if group["weight_decay"]:
             torch._foreach_add_(updates, params, alpha=group["weight_decay"])
@@ -94,3 +66,4 @@ def trust_ratios(params: list[torch.Tensor], updates: list[torch.Tensor]) -> lis
     update_norms = torch._foreach_norm(updates)
     return [torch.where((p_norm > 0) & (u_norm > 0), p_norm / u_norm, torch.ones_like(p_norm))
             for p_norm, u_norm in zip(param_norms, update_norms)]
+
