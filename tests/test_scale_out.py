@@ -26,7 +26,9 @@ RUNS = {
              "train/mlm_loss"),
 }
 # LAMB (training/lamb.py) at NVIDIA's betas: the trust ratios must not let ranks or micro-batches drift apart.
-RUNS["bert_lamb"] = (RUNS["bert"][0], RUNS["bert"][1] + ["optimizer=lamb"], RUNS["bert"][2])
+RUNS["bert_lamb"] = (RUNS["bert"][0], RUNS["bert"][1] + ["optimizer=lamb", "lr=1e-2"], RUNS["bert"][2])
+MICRO_BATCH = {"trm": 4, "bert": 4, "bert_lamb": 2}
+"""micro_batch_size of the one-process split run: 4 micro-batches of 2 for LAMB (global batch 8)."""
 TOLERANCE_TWO_PROCESSES = {"trm": 1e-5, "bert": 1e-5, "bert_lamb": 1e-6}
 """Largest loss and weight difference of 2 processes from 1 (1 process with micro-batches: 1e-6 for all)."""
 MASTER_PORTS = {"trm": 29547, "bert": 29549, "bert_lamb": 29551}
@@ -57,9 +59,9 @@ def test_micro_batches_give_the_update_of_one_batch_also_across_a_resume(arch, t
     make_data, overrides, key = RUNS[arch]
     overrides = overrides + [f"data_paths=[{make_data(tmp_path / 'data')}]"]
     whole = _losses(_run(overrides, tmp_path / "whole"), key)
-    _run(overrides, tmp_path / "split", "micro_batch_size=4", "max_steps=4")
-    split = _losses(_run(overrides, tmp_path / "split", "micro_batch_size=4", f"+load_checkpoint={tmp_path / 'split'}"),
-                    key)
+    micro = f"micro_batch_size={MICRO_BATCH[arch]}"
+    _run(overrides, tmp_path / "split", micro, "max_steps=4")
+    split = _losses(_run(overrides, tmp_path / "split", micro, f"+load_checkpoint={tmp_path / 'split'}"), key)
     assert sorted(split) == sorted(whole) and len(whole) >= 6
     for step, loss in whole.items():
         assert split[step] == pytest.approx(loss, abs=1e-6, rel=1e-6), step
