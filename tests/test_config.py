@@ -56,7 +56,7 @@ def test_trm_recipe_overrides_compose():
         (["+globl_batch_size=8"], "did you mean 'global_batch_size'"),
         (["global_batch_size=abc"], "config key 'global_batch_size'"),
         (["epochs=100", "eval_interval=30"], "must be a multiple of eval_interval"),
-        (["optimizer=sgd"], "'adam_atan2', 'adamw' or 'lamb'"),
+        (["optimizer=sgd"], "'adam_atan2' or 'adamw' or 'lamb'"),
         (["eval_only=true"], r"needs \+load_checkpoint"),
     ],
 )

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from core.errors import UserError
 from training.checkpoint import (
-    load_checkpoint,
     load_ema_state,
     load_model_state,
     load_optimizer_states,
+    read_checkpoint,
     resolve_checkpoint,
 )
 from training.init_from import check_vocabulary
@@ -41,28 +41,28 @@ def continue_from(state: TrainState, ctx: RunContext, spec: str) -> Path:
 
     `state.step`, the stream position and the RNG are left as the new run set them.
     """
-    folder = resolve_checkpoint(spec, None)
-    checkpoint = load_checkpoint(folder)
+    step_dir = resolve_checkpoint(spec, None)
+    checkpoint = read_checkpoint(step_dir)
     saved_arch = checkpoint.train_state.get("arch")
     if saved_arch != ctx.arch_config.name:
-        raise UserError(f"+continue_from={spec}: {folder} was written by arch={saved_arch}, not "
+        raise UserError(f"+continue_from={spec}: {step_dir} was written by arch={saved_arch}, not "
                         f"arch={ctx.arch_config.name}; continue with arch={saved_arch}")
-    check_vocabulary(folder, ctx.metadata, "+continue_from")
+    check_vocabulary(step_dir, ctx.metadata, "+continue_from")
     saved_optimizer = checkpoint.config.get("optimizer")
     if state.optimizer is not None and saved_optimizer != ctx.config.optimizer:
-        raise UserError(f"+continue_from={spec}: {folder} was trained with optimizer={saved_optimizer}, this run uses "
+        raise UserError(f"+continue_from={spec}: {step_dir} was trained with optimizer={saved_optimizer}, this run uses "
                         f"optimizer={ctx.config.optimizer}; use optimizer={saved_optimizer}, or +init_from={spec} "
                         "to take the weights only")
-    load_model_state(state, ctx, checkpoint.model, folder)
+    load_model_state(state, ctx, checkpoint.model, step_dir)
     if state.optimizer is not None:
         settings = [{key: value for key, value in group.items() if key != "params"}
                     for group in state.optimizer.param_groups]
         try:
             load_optimizer_states(state, checkpoint.optimizers)
         except ValueError as error:  # torch: other parameter groups
-            raise UserError(f"+continue_from={spec}: the optimiser state of {folder} does not fit this model "
+            raise UserError(f"+continue_from={spec}: the optimiser state of {step_dir} does not fit this model "
                             f"({error}); use the arch.* settings of the run that wrote it") from None
         for group, fresh in zip(state.optimizer.param_groups, settings):
             group.update(fresh)  # this run's lr, betas and weight decay, not the checkpoint's
     load_ema_state(state, ctx, checkpoint.ema)
-    return folder
+    return step_dir
