@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the training runs")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    common.add_no_record_option(parser)
     args = parser.parse_args(argv)
     if min(args.steps, args.micro_batch, args.layers, args.hidden, args.heads, *args.batches) <= 0:
         raise UserError("--steps, --micro-batch, --batches, --layers, --hidden and --heads must be positive")
@@ -120,11 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         "held-out: the last 10% of WikiText-2 validation (cut at an article heading), fixed masks, the same for all runs",
         "the machine was shared with other jobs (see the load average): the losses do not depend on it, only the time",
     ]
-    if args.no_record:
-        print(table)
-        return
-    common.append_results("lamb_large_batch: held-out MLM loss at equal steps, LAMB vs AdamW", common.command_line(),
-                          table, notes)
+    common.print_or_record(args, "lamb_large_batch: held-out MLM loss at equal steps, LAMB vs AdamW", table, notes)
 
 
 if __name__ == "__main__":
