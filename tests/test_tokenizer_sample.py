@@ -3,12 +3,14 @@ bytes with a seeded choice, about `--tokenizer-sample-mb` read, not the first fi
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
 
 from dataset.text import sample
-from dataset.text.sample import sample_budgets
+from dataset.text.corpus import CorpusReader
+from dataset.text.sample import sample_budgets, sample_documents
 from tests.test_text_mlm_builder import build
 
 
@@ -51,3 +53,11 @@ def test_the_trained_vocabulary_comes_from_the_chosen_files(tmp_path, capsys, mo
     assert max(sampled) >= 20  # not the first files
     metadata = json.loads((tmp_path / "out" / "dataset.json").read_text())
     assert metadata["num_documents"]["train"] + metadata["num_documents"]["test"] == 40 * 60  # all built
+
+
+def test_a_compressed_file_in_the_sample_gives_every_document(tmp_path):
+    lines = "\n\n".join(f"document number {n} " + "filler words " * 50 for n in range(400)) + "\n"
+    path = tmp_path / "corpus.txt.gz"
+    path.write_bytes(gzip.compress(lines.encode()))
+    reader = CorpusReader([path])  # gzip reads ahead: the on-disk position passes the end early
+    assert len(list(sample_documents(reader, [path.stat().st_size]))) == 400

@@ -54,7 +54,8 @@ def sample_documents(reader: CorpusReader, budgets: list[int]) -> Iterator[list[
         start = reader.counters.bytes_on_disk
         reader_of_file = CorpusReader([Path(path)], reader.on_bad_line, reader.text_field)
         reader_of_file.counters = reader.counters  # counted as one reader (empty-corpus check, progress)
+        whole = budget >= Path(path).stat().st_size  # compressed streams read ahead: do not stop early
         for document in reader_of_file.documents():
             yield document
-            if reader.counters.bytes_on_disk - start >= budget:
+            if not whole and reader.counters.bytes_on_disk - start >= budget:
                 break
