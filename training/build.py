@@ -26,6 +26,7 @@ from training.checkpoint import find_latest, resolve_checkpoint, restore
 from training.config import MOVED_KEYS, PretrainConfig, validate
 from training.distributed import DistContext
 from training.ema import EMA
+from training.environment import describe_environment, run_environment
 from training.init_from import starting_point
 from training.metrics import MetricsLogger
 from training.optim import build_optimizers
@@ -241,12 +242,17 @@ def open_logger(state: TrainState, ctx: RunContext, restored_from: Path | None) 
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     snapshot = ctx.resolved_config()
     write_json(ctx.run_dir / "config.json", snapshot)
+    environment = run_environment(ctx.dist.device, ctx.dist.world_size)
+    write_json(ctx.run_dir / "environment.json", environment)
     # Records an interrupted run logged after its last checkpoint are logged again from here.
-    ctx.logger = MetricsLogger(ctx.run_dir, ctx.config.wandb, ctx.project_name, ctx.run_name, snapshot, state.step)
+    ctx.logger = MetricsLogger(ctx.run_dir, ctx.config.wandb, ctx.project_name, ctx.run_name,
+                               {**snapshot, "environment": environment}, state.step)
     last_step = state.last_step(ctx.config.max_steps)
     steps = f"{last_step} steps" + (f" (max_steps; the schedule spans {state.total_steps})"
                                     if last_step < state.total_steps else "")
-    print(f"run {ctx.project_name}/{ctx.run_name} in {ctx.run_dir}: {parameters / 1e6:.2f}M parameters, {steps}, "
-          f"{state.steps_per_epoch:.3f} steps per epoch, {where}", flush=True)
+    banner = [f"run {ctx.project_name}/{ctx.run_name} in {ctx.run_dir}: {parameters / 1e6:.2f}M parameters, {steps}, "
+              f"{state.steps_per_epoch:.3f} steps per epoch, {where}", describe_environment(environment)]
     if restored_from is not None:
-        print(f"resumed from {restored_from.name} of {ctx.run_dir} (step {state.step})", flush=True)
+        banner.append(f"resumed from {restored_from.name} of {ctx.run_dir} (step {state.step})")
+    print("\n".join(banner), flush=True)
+    ctx.logger.save_banner("\n".join(banner))

@@ -106,6 +106,9 @@ class PretrainConfig(BaseModel):
     rarely pays back), true everywhere (inductor on CPU too), false never."""
     log_interval: int = 10
     """Steps between metric records (means over the interval)."""
+    peak_tflops: float | None = Field(default=None, gt=0)
+    """Peak TFLOP/s of one device, the denominator of `train/mfu`; None takes the dense bf16
+    peak of a known GPU (`training.environment.PEAK_BF16_TFLOPS`) and logs no MFU on CPU."""
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
     """Weights & Biases: `auto` logs online when logged in, offline otherwise, and is
     off when the package is not installed."""

@@ -80,6 +80,8 @@ class TrainState:
     """Context in which backward does not sum gradients over ranks (DDP's `no_sync`)."""
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0
+    tokens_seen: int = 0
+    """Real tokens trained on so far, summed over ranks (`ArchPlugin.count_batch`)."""
 
     def last_step(self, max_steps: int | None) -> int:
         """The step this run stops at: the schedule's end, or `max_steps` when that comes first."""
