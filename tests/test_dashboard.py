@@ -19,7 +19,7 @@ import torch
 from dataset.kinds import get_data_kind
 from models.registry import get_arch
 from pretrain import launch
-from tests.helpers import REPO, TINY_BERT, compose_config, make_mlm_dataset
+from tests.helpers import REPO, THREE_STEP_RUNS, TINY_BERT, compose_config, make_mlm_dataset
 from training import environment
 from training.environment import git_state, memory_metrics, peak_tflops
 from training.metrics import ThroughputMeter, read_metrics
@@ -104,6 +104,23 @@ def test_tokens_seen_continue_exactly_after_a_resume(tmp_path):
     assert "train/mfu" not in straight[-1] and straight[-1]["train/tflops"] > 0  # no peak is known for a CPU
     banner = (tmp_path / "cut" / "banner.txt").read_text()
     assert banner.count("environment: ") == 2 and "resumed from step_4" in banner
+
+
+def test_trm_logs_the_flops_of_its_recursion_and_no_token_count(tmp_path):
+    make_data, overrides, _ = THREE_STEP_RUNS["trm"]
+    data = make_data(tmp_path / "data")  # 48 puzzles, batches of 16: 3 steps per epoch
+    launch(compose_config(overrides + [f"data_paths=[{data}]", f"+checkpoint_path={tmp_path / 'run'}"]))
+    records = [record for record in read_metrics(tmp_path / "run") if "train/lr" in record]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    plugin = get_arch("trm")
+    metadata = get_data_kind("puzzle").load_metadata([str(data)])
+    model = plugin.build(plugin.config_class.model_validate(config["arch"]), metadata)
+    step_flops = plugin.train_flops(model, {"inputs": np.zeros((16, metadata.seq_len))})
+    assert [record["step"] for record in records] == [1, 2, 3]
+    for record in records:
+        assert record["train/tflops"] * 1e12 * record["train/step_time_s"] == pytest.approx(step_flops, rel=1e-6)
+        assert record["train/epoch"] == pytest.approx(record["step"] / 3)
+        assert "train/tokens_seen" not in record and "train/mfu" not in record
 
 
 def test_the_meter_splits_the_interval_into_waiting_and_computing(monkeypatch):
