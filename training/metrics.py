@@ -172,6 +172,7 @@ class ThroughputMeter:
         self.tokens = 0
         self.flops = 0
         self.wait_s = 0.0
+        self.excluded_s = 0.0
 
     def add(self, counts: dict[str, int], world_size: int, flops: int | None = None) -> None:
         """Count one step's local batch (`ArchPlugin.count_batch`) as if every rank held as
@@ -181,28 +182,27 @@ class ThroughputMeter:
         self.tokens += counts["tokens"] * world_size
         self.flops += flops or 0
 
-    @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
+    def waiting(self) -> contextlib.AbstractContextManager[None]:
         """Count the time spent inside the block as waiting for data."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.wait_s += time.perf_counter() - start
+        return self._timed("wait_s")
+
+    def excluded(self) -> contextlib.AbstractContextManager[None]:
+        """Leave the time spent inside the block out of the rates (evaluation, saving)."""
+        return self._timed("excluded_s")
 
     @contextlib.contextmanager
-    def excluded(self) -> Iterator[None]:
-        """Leave the time spent inside the block out of the rates (evaluation, saving)."""
+    def _timed(self, counter: str) -> Iterator[None]:
+        """Add the seconds spent inside the block to the attribute `counter`."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.start += time.perf_counter() - start
+            setattr(self, counter, getattr(self, counter) + time.perf_counter() - start)
 
     def report(self) -> dict[str, float]:
         """Rates since the last report; starts a new interval. `train/tflops` is per device
         (this rank's FLOPs), `train/mfu` its percentage of the device's peak."""
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        elapsed = max(time.perf_counter() - self.start - self.excluded_s, 1e-9)
         rates = {"train/examples_per_s": self.examples / elapsed,
                  "train/data_wait_frac": min(self.wait_s / elapsed, 1.0)}
         if self.steps:
