@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from core.constants import IGNORE_LABEL_ID
 from models.bert.config import BertTaskConfig
+from models.bert.flops import encoder_flops, real_token_count
 from models.bert.model import Bert
 from models.bert.tasks import BertQuestionAnswering, BertSequenceClassifier, BertTokenClassifier
 from models.registry import get_arch
@@ -111,6 +112,15 @@ def test_bert_pretraining_formula_matches_the_counted_step(unpad, use_nsp):
     torch.manual_seed(0)
     model = Bert(tiny_bert_config(use_nsp=use_nsp, unpad=unpad, hidden_dropout_prob=0.1), VOCAB_SIZE)
     assert_formula_matches("bert", model, bert_batch())
+
+
+def test_gradient_checkpointing_recomputes_work_the_formula_leaves_out():
+    """Model FLOPs: the counter sees the layers' forward once more; the formula does not."""
+    torch.manual_seed(0)
+    model = Bert(tiny_bert_config(gradient_checkpointing=True), VOCAB_SIZE)
+    batch = bert_batch()
+    recomputed = encoder_flops(model.config, 4, 12, real_token_count(batch["attention_mask"].numpy()))
+    assert counted_train_flops(model, batch) == get_arch("bert").train_flops(model, host(batch)) + recomputed
 
 
 def test_bert_counts_real_tokens_and_the_padded_attention():
