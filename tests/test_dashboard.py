@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.batching import BatchLayout
 from dataset.kinds import get_data_kind
 from models.registry import get_arch
 from pretrain import launch
@@ -55,7 +56,7 @@ def counted_batches(data: Path, run_dir: Path, num_steps: int) -> tuple[list[int
     config = json.loads((run_dir / "config.json").read_text())
     kind = get_data_kind("mlm")
     options = kind.options_class.model_validate(config["data"])
-    stream = kind.train_stream([str(data)], options, config["seed"], BATCH, 0, 1)
+    stream = kind.train_stream([str(data)], options, config["seed"], BatchLayout.of(BATCH))
     plugin = get_arch("bert")
     model = plugin.build(plugin.config_class.model_validate(config["arch"]), kind.load_metadata([str(data)]))
     batches = [stream.next_batch() for _ in range(num_steps)]
