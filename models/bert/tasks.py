@@ -51,6 +51,11 @@ class BertTaskModel(BertEncoder):
         layout = TokenLayout(self.real_tokens(batch["attention_mask"]))
         return layout.gather(hidden), layout
 
+    def loss_counts(self, carry: Carry, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Real rows: the loss is averaged over rows (sentences, SQuAD windows), and the
+        padding rows of the last batch carry no label."""
+        return {"loss": (batch["row_index"] >= 0).sum()}
+
 
 class BertSequenceClassifier(BertTaskModel):
     """[CLS] -> pooler -> dropout -> classifier; `num_labels` 1 is a regression."""
@@ -76,10 +81,6 @@ class BertSequenceClassifier(BertTaskModel):
         """Pooler and classifier on each row's [CLS] state."""
         hidden = self.config.hidden_size
         return 2 * len(batch["input_ids"]) * hidden * (hidden + self.num_labels)
-
-    def loss_counts(self, carry: Carry, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Rows that carry a label (padding rows of the last batch do not)."""
-        return {"loss": (batch["row_index"] >= 0).sum()}
 
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Loss and accuracy (or squared error) over the rows that carry a label."""
@@ -154,10 +155,6 @@ class BertQuestionAnswering(BertTaskModel):
     def head_flops(self, batch: dict[str, np.ndarray], num_tokens: int) -> int:
         """Start and end logits of every real token."""
         return 2 * num_tokens * self.config.hidden_size * 2
-
-    def loss_counts(self, carry: Carry, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Windows that are real rows (padding rows of the last batch are not)."""
-        return {"loss": (batch["row_index"] >= 0).sum()}
 
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
         """(start loss + end loss) / 2 per window; start and end logits for the evaluator."""
