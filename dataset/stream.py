@@ -163,11 +163,15 @@ class EpochOrder:
 def mix64(values: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser: a bijective scramble of uint64 values (wraps modulo 2**64),
     the counter-based randomness behind the epoch order and the per-row masks."""
+    z = np.array(values, dtype=np.uint64)  # a copy, scrambled in place (no temporaries of its size but one)
     with np.errstate(over="ignore"):
-        z = np.asarray(values, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
+        z += np.uint64(0x9E3779B97F4A7C15)
+        z ^= z >> np.uint64(30)
+        z *= np.uint64(0xBF58476D1CE4E5B9)
+        z ^= z >> np.uint64(27)
+        z *= np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return z
 
 
 def padded_width(longest: int, length: int, multiple: int) -> int:

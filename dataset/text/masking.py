@@ -41,7 +41,7 @@ class MaskDraws:
     """The random numbers behind the masks of a batch (content-independent)."""
 
     keys: np.ndarray
-    """int64 (B, L): random 40-bit numbers that order the positions (or words) of each row."""
+    """int64 (B, L): random numbers below 2**40 that order the positions (or words) of each row."""
     choice: np.ndarray
     """float64 (B, L): < 0.8 -> [MASK]; in [0.8, 0.9) -> random token, the position in
     that interval picking the token; else unchanged."""
@@ -88,10 +88,10 @@ class Masker:
         (a fresh mask each time a row is served)."""
         base = mix64(np.uint64(seed) * np.uint64(0x100000001B3) ^ np.uint64(key))  # 0-d uint64
         row_base = mix64(base ^ np.asarray(indices, dtype=np.uint64))  # (B,)
-        counters = row_base[:, None] + np.arange(2 * length, dtype=np.uint64)[None, :]  # (B, 2L)
-        bits = mix64(counters)
-        keys = (bits[:, 0::2] >> np.uint64(24)).astype(np.int64)  # 40-bit numbers
-        choice = (bits[:, 1::2] >> np.uint64(11)).astype(np.float64) * 2.0**-53  # uniform in [0, 1)
+        # One 64-bit number per position: the high half orders it, the low half picks its fate.
+        bits = mix64(row_base[:, None] + np.arange(length, dtype=np.uint64)[None, :])  # (B, L)
+        keys = (bits >> np.uint64(32)).astype(np.int64)
+        choice = (bits & np.uint64(0xFFFFFFFF)).astype(np.float64) * 2.0**-32  # uniform in [0, 1)
         return MaskDraws(keys=keys, choice=choice)
 
     def __call__(self, input_ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
