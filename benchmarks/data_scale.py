@@ -16,7 +16,8 @@ fresh process (PYTHONPATH pointing at it), "after" this one, interleaved round b
 
 The order: a fresh process builds `EpochOrder(seed, n)` and asks for 256 rows at a time:
 the first call (the epoch start), the median and slowest of 200 calls, and one call that
-crosses into the next epoch; peak memory is the largest traced allocation (tracemalloc,
+crosses into the next epoch (after one warm-up order of 2^17 rows, so that numpy's
+first-use costs are not counted); peak memory is the largest traced allocation (tracemalloc,
 numpy's arrays included) and the growth of the resident set. "before" at 10^9 is not run:
 its two permutations (an epoch's and the next's, 8 GB each) do not fit this machine.
 """
@@ -129,6 +130,7 @@ def order_worker(args: argparse.Namespace) -> dict:
 
     from dataset.stream import EpochOrder
 
+    EpochOrder(1, 1 << 17).rows(0, LOCAL_BATCH)  # numpy's first-use costs, outside the figures
     rss_before = _rss_mb()
     tracemalloc.start()
     order = EpochOrder(0, args.rows)

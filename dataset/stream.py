@@ -193,7 +193,8 @@ def open_npy(path: Path) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{path} is missing; the dataset is incomplete, rebuild it")
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        # A plain view of the mapping: indexing an np.memmap costs ~10x more per call.
+        return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
     except (ValueError, OSError, EOFError) as error:
         raise UserError(f"{path} cannot be read ({error}); rebuild the dataset") from None
 
