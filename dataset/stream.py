@@ -5,10 +5,11 @@ datasets: how to read its metadata, its training stream, its evaluation batches,
 `data:` options a run may set for it, and the evaluators its data calls for.
 
 Training data is one endless, deterministic stream of examples (epoch after epoch, each
-epoch a fresh seeded permutation) cut into consecutive global batches. Every rank builds
-the same global batch and keeps its own slice (`rank * local : (rank + 1) * local`), so
-a run gives the same batches whatever the number of processes, and the position in the
-stream is a few integers that a checkpoint stores (`state_dict`) to resume exactly.
+epoch a fresh seeded permutation, `EpochOrder`) cut into consecutive global batches. Each
+rank serves its own slice of every global batch (`rank * local : (rank + 1) * local`),
+computed from the stream positions of its rows alone, so a run gives the same batches
+whatever the number of processes, and the position in the stream is a few integers that
+a checkpoint stores (`state_dict`) to resume exactly.
 
 Batches are dicts of numpy arrays, batch-first; the loop moves them to the device. The
 loaders of every family share `open_npy` (reading a stored array) and `trimmed_width`
@@ -77,16 +78,25 @@ class FeistelPermutation:
         self.widths = [self.bits // 2 if r % 2 == 0 else self.bits - self.bits // 2 for r in range(len(round_keys))]
 
     def _rounds(self, x: np.ndarray, inverse: bool) -> np.ndarray:
-        """One pass of the network (or of its inverse) over uint64 numbers < 2**bits."""
+        """One pass of the network (or of its inverse) over uint64 numbers < 2**bits, in
+        place on `x` (a fresh array) with two temporaries a round."""
         rounds = list(zip(self.round_keys, self.widths))
         for key, top in reversed(rounds) if inverse else rounds:
-            bottom = self.bits - top
-            if inverse:  # x = (lo << top) | (hi ^ F(lo))
-                lo, hi_mixed = x >> np.uint64(top), x & np.uint64((1 << top) - 1)
-                x = ((hi_mixed ^ (mix64(lo ^ key) >> np.uint64(64 - top))) << np.uint64(bottom)) | lo
+            top_shift, bottom_shift, out_shift = np.uint64(top), np.uint64(self.bits - top), np.uint64(64 - top)
+            if inverse:  # x = (lo << top) | (hi ^ F(lo))  ->  (hi << bottom) | lo
+                kept = x & np.uint64((1 << top) - 1)  # hi ^ F(lo)
+                x >>= top_shift  # lo
+            else:  # x = (hi << bottom) | lo  ->  (lo << top) | (hi ^ F(lo))
+                kept = x >> bottom_shift  # hi
+                x &= np.uint64((1 << (self.bits - top)) - 1)  # lo
+            mixed = _mix64_in_place(x ^ key)
+            mixed >>= out_shift  # F(lo): the top `top` bits of the mix
+            kept ^= mixed
+            if inverse:
+                kept <<= bottom_shift
             else:
-                hi, lo = x >> np.uint64(bottom), x & np.uint64((1 << bottom) - 1)
-                x = (lo << np.uint64(top)) | (hi ^ (mix64(lo ^ key) >> np.uint64(64 - top)))
+                x <<= top_shift
+            x |= kept
         return x
 
     def _walk(self, values: np.ndarray, inverse: bool) -> np.ndarray:
@@ -150,20 +160,28 @@ class EpochOrder:
 
     def rows(self, start: int, count: int) -> np.ndarray:
         """Rows at stream positions start..start+count-1."""
-        positions = start + np.arange(count, dtype=np.int64)  # (n,)
-        epochs, offsets = np.divmod(positions, self.num_rows)
         rows = np.empty(count, dtype=np.int64)
-        for epoch in np.unique(epochs):
-            in_epoch = epochs == epoch
-            order = self._epoch_order(int(epoch))
-            rows[in_epoch] = order(offsets[in_epoch]) if isinstance(order, FeistelPermutation) else order[offsets[in_epoch]]
+        done = 0
+        while done < count:  # one epoch's part at a time
+            epoch, offset = divmod(start + done, self.num_rows)
+            size = min(count - done, self.num_rows - offset)
+            order = self._epoch_order(epoch)
+            if isinstance(order, FeistelPermutation):
+                rows[done : done + size] = order(np.arange(offset, offset + size, dtype=np.int64))
+            else:
+                rows[done : done + size] = order[offset : offset + size]
+            done += size
         return rows
 
 
 def mix64(values: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser: a bijective scramble of uint64 values (wraps modulo 2**64),
     the counter-based randomness behind the epoch order and the per-row masks."""
-    z = np.array(values, dtype=np.uint64)  # a copy, scrambled in place (no temporaries of its size but one)
+    return _mix64_in_place(np.array(values, dtype=np.uint64))
+
+
+def _mix64_in_place(z: np.ndarray) -> np.ndarray:
+    """`mix64` of a uint64 array that may be overwritten (returned)."""
     with np.errstate(over="ignore"):
         z += np.uint64(0x9E3779B97F4A7C15)
         z ^= z >> np.uint64(30)

@@ -7,6 +7,8 @@
     <root>/<split>/shard_00000.nsp.npy      int8 [n], 0 = B follows A, 1 = B is random (NSP datasets)
     <root>/<split>/shard_00000.masked.npy   ids after the build-time mask (static masking only)
     <root>/<split>/shard_00000.labels.npy   int32 [n, seq_len], original id or -100 (static masking only)
+    <root>/<split>/shard_00000.lengths.npy  uint16 [n], real (non-padding) tokens per row; optional:
+                                            the stream counts them from the ids where it is missing
 
 with `<split>` in {train, test}. Every sequence is `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`.
 """

@@ -69,11 +69,17 @@ class _SplitShards:
 
     def _shard_rows(self, rows: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """(shard, where in `rows`, rows inside that shard) for each shard `rows` touch."""
+        if len(rows) == 0:
+            return []
         shard_of_row = np.searchsorted(self.starts, rows, side="right") - 1  # (n,)
-        by_shard = np.argsort(shard_of_row, kind="stable")  # (n,) grouped by shard, one sort
-        shards, firsts = np.unique(shard_of_row[by_shard], return_index=True)
+        if len(self.starts) <= 1 << 16:  # a stable sort of 16-bit keys is a radix sort: O(n)
+            shard_of_row = shard_of_row.astype(np.uint16)
+        by_shard = np.argsort(shard_of_row, kind="stable")  # (n,) grouped by shard
+        sorted_shards = shard_of_row[by_shard]
+        firsts = np.flatnonzero(sorted_shards[1:] != sorted_shards[:-1]) + 1  # where a new shard starts
         groups = []
-        for shard, where in zip(shards.tolist(), np.split(by_shard, firsts[1:])):
+        for where in np.split(by_shard, firsts):
+            shard = int(shard_of_row[where[0]])
             groups.append((shard, where, rows[where] - self.starts[shard]))
         return groups
 
