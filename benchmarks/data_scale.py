@@ -236,9 +236,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     ranks, medians = rank_table(measure_ranks(args))
     order = order_table(measure_order(args))
-    notes = [f"before = {args.before} at `git -C {args.before} log -1 --format=%h`: "
-             + subprocess.run(["git", "-C", str(args.before), "log", "-1", "--format=%h %s"], capture_output=True,
-                              text=True).stdout.strip()[:80],
+    before_commit = subprocess.run(["git", "-C", str(args.before), "log", "-1", "--format=%h (%s)"],
+                                   capture_output=True, text=True).stdout.strip()
+    notes = [f"before = {args.before} at {before_commit[:90]}; after = this checkout",
              f"medians of {args.rounds} interleaved rounds of each worker's median batch; us/row = seconds per batch / "
              f"{LOCAL_BATCH} rows of rank 0",
              "the machine was shared with other jobs (2 cores, ~6 other engineers): absolute figures are noisy, "
