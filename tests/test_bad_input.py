@@ -28,7 +28,7 @@ from pretrain import launch
 from tests.helpers import REPO, TINY_BERT, TINY_TRM, compose_config, make_mlm_dataset, make_puzzle_dataset
 from training import checkpoint as checkpoint_module
 from training.build import setup
-from training.checkpoint import find_latest, load_checkpoint
+from training.checkpoint import find_latest, read_checkpoint
 from training.config import PretrainConfig, check_overrides, validate
 from training.distributed import DistContext
 
@@ -319,7 +319,7 @@ def test_disk_full_keeps_the_previous_checkpoint(runs, tmp_path, monkeypatch):
                                 f"{run_dir / 'step_3'} is intact; free space and resume")
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.jsonl", "step_3"]
     assert find_latest(run_dir) == run_dir / "step_3"
-    assert load_checkpoint(run_dir / "step_3").train_state["step"] == 3
+    assert read_checkpoint(run_dir / "step_3").train_state["step"] == 3
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -31,7 +31,7 @@ from models.trm.model import TRM
 from pretrain import launch
 from tests.helpers import REPO, TINY_BERT, TINY_TRM, compose_config, make_mlm_dataset, make_puzzle_dataset
 from training import loop as train_loop
-from training.checkpoint import list_checkpoints, load_checkpoint
+from training.checkpoint import list_checkpoints, read_checkpoint
 from training.metrics import read_metrics
 
 COMPARED_STEPS = 24
@@ -101,7 +101,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(arch, tmp_path, monkey
     resume_step = int(latest.name.removeprefix("step_"))
     assert resume_step < COMPARED_STEPS, "the killed run got too far to compare; raise COMPARED_STEPS"
     if arch == "trm":
-        assert not load_checkpoint(latest).carry["halted"].all()  # examples in flight: the carry is tested
+        assert not read_checkpoint(latest).carry["halted"].all()  # examples in flight: the carry is tested
     _plant_half_written(run_dir)
 
     monkeypatch.chdir(tmp_path)  # `latest` resolves checkpoints/<project>/<run> from here
@@ -180,7 +180,7 @@ def test_nonfinite_steps_are_skipped_counted_and_logged(tmp_path, monkeypatch, c
     records = read_metrics(tmp_path / "run")
     assert sorted(_losses(records, "train/lm_loss")) == [1, 2, 5, 6]  # skipped steps log no loss
     assert [r["train/nonfinite_steps"] for r in records if "train/nonfinite_steps" in r] == [0, 0, 1, 2, 2, 2]
-    final = load_checkpoint(tmp_path / "run" / "step_6")
+    final = read_checkpoint(tmp_path / "run" / "step_6")
     assert final.train_state["nonfinite_total"] == 2
     optimizer_steps = {float(s["step"]) for s in final.optimizers["weights"]["state"].values()}
     assert optimizer_steps == {4.0}  # 6 steps, 2 of them skipped
@@ -235,7 +235,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert Path(match.group(2)) == run_dir / f"step_{step}" and Path(match.group(3)) == run_dir
     assert [path.name for path in list_checkpoints(run_dir)] == [f"step_{step}"]
     assert step < 300  # stopped early, not at the end of the run
-    checkpoint = load_checkpoint(run_dir / f"step_{step}")
+    checkpoint = read_checkpoint(run_dir / f"step_{step}")
     assert checkpoint.train_state["step"] == step and checkpoint.train_state["world_size"] == 2
     assert sorted(checkpoint.rng) == ["rank0.cpu", "rank1.cpu"]
     assert next(iter(checkpoint.carry.values())).shape[0] == 16  # both ranks' slots, gathered
