@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per worker")
     common.add_output_options(parser)
-    parser.add_argument("--worker", choices=("rank0", "order"), default=None, help=argparse.SUPPRESS)
+    common.add_worker_options(parser, ("rank0", "order"))
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=0, help=argparse.SUPPRESS)
@@ -231,8 +231,8 @@ def order_table(results: dict[tuple[int, str], dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Run both measurements and record them as one section."""
-    args = parse_args(argv)
-    if common.run_worker_if_asked(args, WORKERS):
+    args = common.options_or_worker(parse_args, argv, WORKERS)
+    if args is None:
         return
     ranks, medians = rank_table(measure_ranks(args))
     order = order_table(measure_order(args))
