@@ -68,7 +68,7 @@ class FeistelPermutation:
     by at most a bit as here), so where a row lands, and where its neighbours on disk
     land, look like a uniform shuffle's: tests/test_epoch_order.py checks both against the
     formulas of a random permutation, where two rounds fail by hundreds of standard
-    deviations and three already pass (four leave a margin, at 0.06 ms per 256 positions).
+    deviations and three already pass (four leave a margin).
     """
 
     def __init__(self, num_rows: int, round_keys: np.ndarray):
