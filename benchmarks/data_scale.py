@@ -248,6 +248,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):  # run as a file by `run_in`: the checkout's packages come from PYTHONPATH
-        sys.path[0] = os.environ.get("PYTHONPATH", sys.path[0])
-    run_cli(main)
+    run_cli(main)  # run as a file by `run_in`, the packages come from the checkout on PYTHONPATH
