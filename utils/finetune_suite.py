@@ -30,7 +30,7 @@ from core.files import write_json, write_text
 from dataset.tasks.catalog import TASKS
 from dataset.tasks.format import read_task_metadata
 from utils.suite_mnli import MnliStarts
-from utils.suite_plan import build_dataset, check_tasks, default_tasks, pin_settings, resolve_start
+from utils.suite_plan import StartingPoint, build_dataset, check_tasks, default_tasks, pin_settings, resolve_start
 from utils.suite_runner import PlannedRun, Scheduler, delete_checkpoints, make_slots, record_result
 from utils.suite_table import log_wandb_table, markdown, summarize
 
@@ -166,8 +166,8 @@ def device_slots(options: SuiteOptions):
     return make_slots(options.parallel or max(1, gpus), gpus, cores)
 
 
-def prepare(options: SuiteOptions) -> tuple[Path, dict, dict[str, Path], str]:
-    """Check everything, pin the settings and build the datasets: (output folder, settings, datasets, start)."""
+def validate(options: SuiteOptions) -> tuple[list[str], list, StartingPoint]:
+    """Check the options, the task folders and the starting point before anything is written."""
     check_options(options)
     names = list(options.tasks) or default_tasks(options.glue_dir, options.squad_dir, options.conll_dir)
     if not names:
@@ -175,8 +175,12 @@ def prepare(options: SuiteOptions) -> tuple[Path, dict, dict[str, Path], str]:
     checked = check_tasks(names, options.glue_dir, options.squad_dir, options.conll_dir)
     if options.from_mnli and "mnli" not in names:
         raise UserError("--from-mnli starts RTE, MRPC and STS-B from the MNLI model: add mnli to --tasks")
-    start = resolve_start(options.init_from, options.init_from_hf, options.tokenizer)
-    out = Path(options.output_dir).resolve()
+    return names, checked, resolve_start(options.init_from, options.init_from_hf, options.tokenizer)
+
+
+def prepare(options: SuiteOptions, out: Path, names: list[str], checked: list,
+            start: StartingPoint) -> tuple[dict, dict[str, Path]]:
+    """Pin the settings in the output folder and build the datasets: (settings, task -> dataset folder)."""
     settings = {"start": start.override, "vocab_sha256": start.vocab_sha256, "epochs": options.epochs,
                 "batch_size": options.batch_size, "max_seq_length": options.max_seq_length,
                 "squad_max_seq_length": options.squad_max_seq_length, "overrides": list(options.overrides)}
@@ -187,15 +191,16 @@ def prepare(options: SuiteOptions) -> tuple[Path, dict, dict[str, Path], str]:
         datasets[spec.name] = build_dataset(spec, files, start, length, out)
     settings = {**settings, "tasks": names, "lrs": list(options.lrs), "seeds": list(options.seeds),
                 "from_mnli": options.from_mnli}
-    return out, settings, datasets, start.override
+    return settings, datasets
 
 
 def run_suite(options: SuiteOptions) -> dict:
     """Prepare, run what is not finished, write the table; returns the summary."""
+    names, checked, start = validate(options)
     out = Path(options.output_dir).resolve()
     with suite_lock(out):
-        out, settings, datasets, start_override = prepare(options)
-        runs = plan_runs(options, datasets, out, start_override)
+        settings, datasets = prepare(options, out, names, checked, start)
+        runs = plan_runs(options, datasets, out, start.override)
         mnli = MnliStarts(out, [run for run in runs if run.spec.name == "mnli"], options.from_mnli,
                           options.keep_checkpoints)
         mnli.check_available([run for run in runs if run.from_mnli])
