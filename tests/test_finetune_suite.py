@@ -89,10 +89,10 @@ def _wait_for(condition, timeout: float) -> None:
 
 
 @pytest.mark.slow
-def test_a_killed_suite_resumes_without_repeating_finished_runs(start):
+def test_a_killed_suite_resumes_without_repeating_finished_runs_and_rte_starts_from_mnli(start):
     out = start / "killed"
     argv = ["--init-from", str(start / "pre"), "--glue-dir", str(start / "glue"), "--output-dir", str(out),
-            "--tasks", "rte", "mrpc", *TINY_RUN]
+            "--tasks", "mnli", "rte", "--from-mnli", *TINY_RUN]
     argv[argv.index("--epochs") + 1] = "2"  # an evaluation and a checkpoint after each epoch
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     suite = subprocess.Popen([sys.executable, "-m", "utils.finetune_suite", *argv], env=env, cwd=REPO,
@@ -109,7 +109,9 @@ def test_a_killed_suite_resumes_without_repeating_finished_runs(start):
 
     run_suite(parse_args(argv))  # waits for the orphaned run to checkpoint and exit, then resumes it
     summary = json.loads((out / "results.json").read_text())
-    assert [task["task"] for task in summary["tasks"]] == ["rte", "mrpc"] and summary["failed"] == []
+    assert [(task["task"], task["from_mnli"]) for task in summary["tasks"]] == [
+        ("mnli", False), ("rte", False), ("rte", True)] and summary["failed"] == []
+    assert "RTE (from MNLI)" in (out / "results.md").read_text()
     for path, text in finished_before.items():
         assert path.read_text() == text  # not run again
         log = out / "logs" / f"{path.parent.parent.name}-{path.parent.name}.log"
@@ -117,6 +119,10 @@ def test_a_killed_suite_resumes_without_repeating_finished_runs(start):
     for run_dir in interrupted:
         log = (out / "logs" / f"{run_dir.parent.name}-{run_dir.name}.log").read_text()
         assert log.count("=== ") == 2 and "resumed from step_" in log
+    # RTE from MNLI: the MNLI encoder and pooler are loaded, the 2-class head starts fresh.
+    log = (out / "logs" / "rte-from-mnli-lr0.001-seed0.log").read_text()
+    assert f"initialised from {out}/mnli-start/lr0.001-seed0/step_" in log
+    assert "fresh: classifier.weight, classifier.bias; dropped: none" in log
 
 
 def _error(capsys, argv: list[str]) -> str:

@@ -5,6 +5,8 @@ tests/test_finetune_metrics.py)."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,16 @@ def test_metrics_match_scipy_and_sklearn():
         average = "binary" if num_classes == 2 else "macro"
         assert classification_f1(predictions, labels, num_classes) == pytest.approx(
             sklearn_metrics.f1_score(labels, predictions, average=average), abs=1e-12)
+
+
+def test_slots_share_cores_or_spread_over_gpus():
+    from utils.suite_runner import make_slots
+
+    cpu = make_slots(parallel=2, gpus=0, cores=8)
+    assert [slot.overrides for slot in cpu] == [["device=cpu", "cpu_threads=4"]] * 2
+    assert cpu[0].env["OMP_NUM_THREADS"] == "4" and cpu[0].launcher == [sys.executable]
+    gpu = make_slots(parallel=3, gpus=2, cores=8)
+    assert [slot.env["CUDA_VISIBLE_DEVICES"] for slot in gpu] == ["0", "1", "0"]  # two runs share GPU 0
+    torchrun = make_slots(parallel=2, gpus=4, cores=8, processes=2)
+    assert [slot.env["CUDA_VISIBLE_DEVICES"] for slot in torchrun] == ["0,1", "2,3"]
+    assert torchrun[0].launcher[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]

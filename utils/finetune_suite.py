@@ -54,6 +54,7 @@ class SuiteOptions:
     max_seq_length: int = 128
     squad_max_seq_length: int = 384
     parallel: int = 1
+    processes_per_run: int = 1
     device: str = "auto"
     from_mnli: bool = False
     keep_checkpoints: bool = False
@@ -82,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> SuiteOptions:
     parser.add_argument("--squad-max-seq-length", type=int, default=384, help="tokens per SQuAD window (stride 128)")
     parser.add_argument("--parallel", type=int, default=None,
                         help="runs at once (default: one per GPU, 1 on CPU); on CPU each gets cores/parallel threads")
+    parser.add_argument("--processes-per-run", type=int, default=1,
+                        help="ranks per run, started with torchrun (one GPU each on a GPU machine)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--from-mnli", action="store_true",
                         help="also fine-tune RTE, MRPC and STS-B from the MNLI model (best lr, same seed)")
@@ -97,7 +100,8 @@ def parse_args(argv: list[str] | None = None) -> SuiteOptions:
 
 def check_options(options: SuiteOptions) -> None:
     """Reject values that cannot work, naming the option to change."""
-    positive = {"--epochs": options.epochs, "--batch-size": options.batch_size}
+    positive = {"--epochs": options.epochs, "--batch-size": options.batch_size,
+                "--processes-per-run": options.processes_per_run}
     for flag, value in positive.items():
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
@@ -154,7 +158,8 @@ def plan_runs(options: SuiteOptions, datasets: dict[str, Path], out: Path, start
 
 
 def device_slots(options: SuiteOptions):
-    """The run slots: one per GPU (or --parallel of them over the GPUs), else --parallel CPU shares."""
+    """The run slots: one per GPU (or per --processes-per-run GPUs, or --parallel of them
+    over the GPUs), else --parallel CPU shares."""
     gpus = 0
     if options.device != "cpu":
         import torch
@@ -163,7 +168,8 @@ def device_slots(options: SuiteOptions):
         if options.device == "cuda" and not gpus:
             raise UserError("--device cuda, but no GPU is visible; use --device cpu")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return make_slots(options.parallel or max(1, gpus), gpus, cores)
+    parallel = options.parallel or max(1, gpus // options.processes_per_run)
+    return make_slots(parallel, gpus, cores, options.processes_per_run)
 
 
 def validate(options: SuiteOptions) -> tuple[list[str], list, StartingPoint]:

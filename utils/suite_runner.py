@@ -7,7 +7,7 @@ once, resumable, never two in one run folder.
   finishes last; the makespan is within 4/3 of the best order (Graham 1969).
 - **Slots**: on CPU each run gets its share of the cores (`cpu_threads`); with GPUs each
   slot is one GPU (`CUDA_VISIBLE_DEVICES`), several slots per GPU when `--parallel`
-  exceeds the GPUs.
+  exceeds the GPUs. `--processes-per-run N` starts each run with torchrun (N ranks, N GPUs).
 - **Resume**: a run whose folder has `result.json` is finished and skipped; any other starts
   with `resume=auto`, so an interrupted one continues from its newest checkpoint. Each run
   holds a lock (`<run folder>.lock`) that its process inherits: a run left behind by a
@@ -112,21 +112,29 @@ def _die_with_parent() -> None:
 
 @dataclass
 class Slot:
-    """Where one run at a time executes: its environment and extra overrides."""
+    """Where one run at a time executes: its launcher, environment and extra overrides."""
 
+    launcher: list[str]
+    """`python`, or `python -m torch.distributed.run ...` for several processes per run."""
     env: dict[str, str]
     overrides: list[str]
 
 
-def make_slots(parallel: int, gpus: int, cores: int) -> list[Slot]:
-    """`parallel` slots: one GPU each (round robin) on a GPU machine, else an equal share of the cores."""
+def make_slots(parallel: int, gpus: int, cores: int, processes: int = 1) -> list[Slot]:
+    """`parallel` slots of `processes` ranks each (torchrun when more than one): on a GPU
+    machine one GPU per rank (round robin, so slots share GPUs when there are too few),
+    else an equal share of the cores per rank."""
+    launcher = [sys.executable]
+    if processes > 1:  # --standalone: each run its own rendezvous on a free port
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
     slots = []
     for index in range(parallel):
         if gpus:
-            slots.append(Slot({"CUDA_VISIBLE_DEVICES": str(index % gpus)}, ["device=cuda"]))
+            devices = ",".join(str((index * processes + rank) % gpus) for rank in range(processes))
+            slots.append(Slot(launcher, {"CUDA_VISIBLE_DEVICES": devices}, ["device=cuda"]))
         else:
-            threads = max(1, cores // parallel)
-            slots.append(Slot({"OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""},
+            threads = max(1, cores // (parallel * processes))
+            slots.append(Slot(launcher, {"OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""},
                               ["device=cpu", f"cpu_threads={threads}"]))
     return slots
 
@@ -215,7 +223,7 @@ class Scheduler:
         log = open(self.log_dir / f"{run.name}.log", "a", encoding="utf-8")
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(run.overrides)}\n")
         log.flush()
-        command = [sys.executable, str(PRETRAIN), *run.overrides, *self.slots[slot].overrides]
+        command = [*self.slots[slot].launcher, str(PRETRAIN), *run.overrides, *self.slots[slot].overrides]
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, pass_fds=(lock,),
                                    env={**os.environ, **self.slots[slot].env}, preexec_fn=_die_with_parent)
         os.close(lock)  # the child holds the lock now, for as long as it lives
@@ -233,7 +241,11 @@ class Scheduler:
             if self.stop_signal is not None and not finished(active.run.run_dir):
                 print(f"stopped {active.run.name}: rerun the suite to resume it", flush=True)
             elif code == 0 and finished(active.run.run_dir):
-                self.on_finish(active.run, seconds)
+                try:
+                    self.on_finish(active.run, seconds)
+                except RuntimeError as error:  # a run that finished without its final evaluation
+                    self.failed.append((active.run, str(error)))
+                    print(f"FAILED {active.run.name}: {error}", flush=True)
             else:
                 reason = _last_line(self.log_dir / f"{active.run.name}.log") if code else "ended before its last step"
                 self.failed.append((active.run, reason))

@@ -4,6 +4,7 @@ rule (`evaluators.benchmark_score`), and every run; as Markdown, JSON and a wand
 
 from __future__ import annotations
 
+import importlib.util
 from collections import defaultdict
 from pathlib import Path
 
@@ -91,8 +92,11 @@ def markdown(summary: dict, failed: list[str]) -> str:
 
 def log_wandb_table(summary: dict, mode: str, out: Path, project: str) -> None:
     """The task table as a wandb Table in a run of its own, `<out>/table-run` (nothing when
-    wandb is off or not installed, as for training runs)."""
-    if mode == "disabled":
+    wandb is off or not installed: training runs behave the same)."""
+    if mode == "disabled" or importlib.util.find_spec("wandb") is None:
+        if mode not in ("auto", "disabled"):
+            print(f"note: --wandb {mode} but the wandb package is not installed (pip install wandb); the table is in "
+                  f"{out}/results.md")
         return
     logger = MetricsLogger(out / "table-run", mode, project, f"{out.name}-table", summary["settings"])
     if summary["glue_score"] is not None:
