@@ -9,12 +9,14 @@ nine tasks (one lr, one seed) from scratch into a fresh output folder, alternate
 `--parallel 1` (each run gets all the cores as `cpu_threads`) and `--parallel 2` (half
 each), round by round (A B, B A, ...). Reported: the suite's wall time per contender
 (median over rounds), the ratio, and the sum of the runs' own wall times (`seconds` in
-`results.json`), which shows how much each run slowed down when sharing the machine.
+`results.json`), which shows how much each run slowed down when sharing the machine, and
+the CPU time (user + system) the suite and its runs used.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -53,11 +55,14 @@ def time_suite(start: Path, glue: Path, out: Path, parallel: int, batch_size: in
     command = [sys.executable, "-m", "utils.finetune_suite", "--init-from", str(start), "--glue-dir", str(glue),
                "--output-dir", str(out), "--lrs", "1e-3", "--seeds", "0", "--epochs", "1", "--batch-size",
                str(batch_size), "--max-seq-length", "32", "--wandb", "disabled", "--parallel", str(parallel)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     subprocess.run(command, cwd=common.REPO, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     runs = json.loads((out / "results.json").read_text(encoding="utf-8"))["runs"]
-    return {"wall": wall, "runs": sum(run["seconds"] for run in runs), "count": len(runs)}
+    return {"wall": wall, "cpu": cpu, "runs": sum(run["seconds"] for run in runs), "count": len(runs)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,10 +85,12 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"round {round_index}, --parallel {parallel}: {results[parallel][-1]['wall']:.1f} s", flush=True)
     walls = {p: common.median_of(results[p], "wall") for p in results}
     sums = {p: common.median_of(results[p], "runs") for p in results}
+    cpus = {p: common.median_of(results[p], "cpu") for p in results}
     table = common.format_table(
         ["figure", "--parallel 1", "--parallel 2", "ratio (2 / 1)"],
         [["suite wall time (s), median", f"{walls[1]:.1f}", f"{walls[2]:.1f}", f"{walls[2] / walls[1]:.2f}"],
          ["sum of the runs' own wall times (s)", f"{sums[1]:.1f}", f"{sums[2]:.1f}", f"{sums[2] / sums[1]:.2f}"],
+         ["CPU time of the suite and its runs (s)", f"{cpus[1]:.1f}", f"{cpus[2]:.1f}", f"{cpus[2] / cpus[1]:.2f}"],
          ["per round (s)", " / ".join(f"{r['wall']:.1f}" for r in results[1]),
           " / ".join(f"{r['wall']:.1f}" for r in results[2]), ""]])
     notes = [f"{results[1][0]['count']} runs per suite (nine GLUE tasks, 1 lr, 1 seed), {args.train} training and "
