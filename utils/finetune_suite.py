@@ -19,7 +19,6 @@ length 128 (SQuAD 384), warm-up 10%; three seeds where the paper ran one.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from dataset.tasks.catalog import TASKS
 from dataset.tasks.format import read_task_metadata
 from utils.suite_mnli import MnliStarts
 from utils.suite_plan import StartingPoint, build_dataset, check_tasks, default_tasks, pin_settings, resolve_start
-from utils.suite_runner import PlannedRun, Scheduler, delete_checkpoints, make_slots, record_result
+from utils.suite_runner import PlannedRun, Scheduler, delete_checkpoints, make_slots, record_result, try_lock
 from utils.suite_table import log_wandb_table, markdown, summarize
 
 
@@ -120,12 +119,9 @@ def check_options(options: SuiteOptions) -> None:
 def suite_lock(out: Path):
     """Hold `<out>/.suite.lock`: one suite per output folder at a time."""
     out.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(out / ".suite.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise UserError(f"another finetune_suite is running in {out}; wait for it or choose another --output-dir") from None
+    descriptor = try_lock(out / ".suite.lock")
+    if descriptor is None:
+        raise UserError(f"another finetune_suite is running in {out}; wait for it or choose another --output-dir")
     try:
         yield
     finally:

@@ -103,6 +103,19 @@ def delete_checkpoints(run_dir: Path) -> None:
         shutil.rmtree(checkpoint)
 
 
+def try_lock(path: Path) -> int | None:
+    """An open descriptor holding an exclusive lock on `path` (created if missing), or None
+    while another process holds it. The lock lives as long as the descriptor, in whichever
+    processes inherit it."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the suite dies, even by SIGKILL (Linux), so an orphaned
     run checkpoints and stops instead of training on unseen."""
@@ -206,11 +219,8 @@ class Scheduler:
     def _lock(self, run: PlannedRun) -> int | None:
         """Take the run's lock (kept in `self._locks`), or None while a process still holds it."""
         run.run_dir.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(run.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(descriptor)
+        descriptor = try_lock(run.lock_path)
+        if descriptor is None:
             if run.name not in self.waiting_noted:
                 self.waiting_noted.add(run.name)
                 print(f"waiting: {run.run_dir} is still used by a process of an earlier suite", flush=True)
