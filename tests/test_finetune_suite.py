@@ -24,6 +24,7 @@ from pretrain import launch
 from tests.helpers import REPO, TINY_BERT, compose_config, make_mlm_dataset, write_wordpiece_vocab
 from training.metrics import read_metrics
 from utils.finetune_suite import main, parse_args, run_suite
+from utils.suite_runner import try_lock
 
 GLUE = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
 TINY_RUN = ["--lrs", "1e-3", "--seeds", "0", "--epochs", "1", "--batch-size", "8", "--max-seq-length", "16",
@@ -79,6 +80,9 @@ def test_suite_scores_every_glue_task_writes_predictions_and_reruns_nothing(star
     printed = capsys.readouterr().out
     assert "9 runs, 9 already finished, 0 to run" in printed and "start " not in printed
     assert json.loads((out / "results.json").read_text())["glue_score"] == summary["glue_score"]
+    # Settings that change the runs are refused in the same folder.
+    with pytest.raises(UserError, match="holds a suite with other settings \\(epochs: 1 there, 2 now\\)"):
+        main([*argv[:-len(TINY_RUN)], *TINY_RUN[:5], "2", *TINY_RUN[6:]])
 
 
 def _wait_for(condition, timeout: float) -> None:
@@ -151,3 +155,7 @@ def test_bad_input_is_one_line_and_writes_nothing(start, tmp_path, capsys):
     other_vocab = write_wordpiece_vocab(tmp_path / "other")
     assert "does not match the starting point" in _error(capsys, [*base, "--tokenizer", str(other_vocab)])
     assert not out.exists()  # nothing was written for any of them
+    held = try_lock(tmp_path / ".suite.lock")
+    busy = [*base[:4], "--output-dir", str(tmp_path), *base[6:]]
+    assert _error(capsys, busy).startswith(f"another finetune_suite is running in {tmp_path}")
+    os.close(held)
