@@ -159,3 +159,24 @@ def test_bad_input_is_one_line_and_writes_nothing(start, tmp_path, capsys):
     busy = [*base[:4], "--output-dir", str(tmp_path), *base[6:]]
     assert _error(capsys, busy).startswith(f"another finetune_suite is running in {tmp_path}")
     os.close(held)
+
+
+@pytest.mark.slow
+def test_suite_starts_from_a_transformers_folder(start, tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    model_dir = tmp_path / "hf-bert"
+    shutil.copytree(start / "mlm" / "tokenizer", model_dir)
+    vocab_size = len((model_dir / "vocab.txt").read_text().splitlines())
+    config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=64)
+    transformers.BertModel(config).save_pretrained(model_dir)
+    out = tmp_path / "out"
+    base = ["--init-from-hf", str(model_dir), "--glue-dir", str(start / "glue"), "--output-dir", str(out),
+            "--tasks", "rte", *TINY_RUN]
+    other_vocab = write_wordpiece_vocab(tmp_path / "other")
+    assert "does not match the starting point" in _error(capsys, [*base, "--tokenizer", str(other_vocab)])
+    main(base)
+    summary = json.loads((out / "results.json").read_text())
+    assert [run["task"] for run in summary["runs"]] == ["rte"] and summary["glue_score"] is None
+    assert f"+init_from_hf={model_dir}" in (out / "logs" / "rte-lr0.001-seed0.log").read_text()
+    assert "Mean of the 1 GLUE tasks scored" in (out / "results.md").read_text()

@@ -65,6 +65,7 @@ def resolve_start(init_from: str | None, init_from_hf: str | None, tokenizer: st
             raise UserError(f"--init-from-hf {init_from_hf} is not a transformers model folder (no config.json)")
         own = folder
         expected = None
+        override = f"+init_from_hf={folder}"
     has_own = (own / "vocab.txt").is_file() or (own / "tokenizer.json").is_file()
     if tokenizer is None and not has_own:
         raise UserError(f"{folder} holds no tokenizer (vocab.txt or tokenizer.json); pass --tokenizer with the one "
