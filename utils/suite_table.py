@@ -66,13 +66,13 @@ def markdown(summary: dict, failed: list[str]) -> str:
              f"lr grid {settings['lrs']}, seeds {settings['seeds']}, batch {settings['batch_size']}, "
              f"{settings['epochs']} epochs, length {settings['max_seq_length']}"
              + (f", extra overrides {' '.join(settings['overrides'])}" if settings["overrides"] else ""), "",
-             "| task | best lr | seeds | score (median) | spread (min-max) | metrics at best lr (median over seeds) |",
+             "| task | best lr | seeds | score (median) | spread (min to max) | metrics at best lr (median over seeds) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for task in summary["tasks"]:
         score = task["score"]
         title = task["title"] + (" (from MNLI)" if task["from_mnli"] else "")
         lines.append(f"| {title} | {task['best_lr']:g} | {task['num_seeds']} | {score['median']:.2f} | "
-                     f"{score['spread']:.2f} ({score['min']:.2f}-{score['max']:.2f}) | {_metrics_text(task['metrics'])} |")
+                     f"{score['spread']:.2f} ({score['min']:.2f} to {score['max']:.2f}) | {_metrics_text(task['metrics'])} |")
     lines.append("")
     if summary["glue_score"] is not None:
         lines.append(f"**GLUE score: {summary['glue_score']:.2f}** (GLUE's rule: the mean of the nine task scores, "
