@@ -77,7 +77,8 @@ def markdown(summary: dict, failed: list[str]) -> str:
     if summary["glue_score"] is not None:
         lines.append(f"**GLUE score: {summary['glue_score']:.2f}** (GLUE's rule: the mean of the nine task scores, "
                      "WNLI included; MRPC, QQP and STS-B score the mean of their two metrics, MNLI the mean of m and "
-                     f"mm). Without WNLI: {summary['glue_without_wnli']:.2f}.")
+                     f"mm{'; RTE, MRPC and STS-B count from MNLI' if settings.get('from_mnli') else ''}). "
+                     f"Without WNLI: {summary['glue_without_wnli']:.2f}.")
     elif summary["glue_tasks_scored"]:
         lines.append(f"Mean of the {len(summary['glue_tasks_scored'])} GLUE tasks scored: "
                      f"{summary['glue_tasks_mean']:.2f} (not the GLUE score, which needs all nine).")
