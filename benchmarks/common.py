@@ -8,6 +8,7 @@ A B, ...) so that a slow patch of the machine hurts both, and reports medians.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -78,6 +79,28 @@ def run_worker(module: str, args: list[str], timeout: float = 900) -> dict:
     raise RuntimeError(f"worker {' '.join(command)} printed no result:\n{done.stdout[-2000:]}")
 
 
+def options_or_worker(parse_args, argv: list[str] | None, workers: dict):
+    """The benchmark's parsed options, or None in a worker process (`--worker NAME`), after
+    it ran `workers[NAME]` and reported the result."""
+    args = parse_args(argv)
+    return None if run_worker_if_asked(args, workers) else args
+
+
+def add_device_options(parser) -> None:
+    """`--device` (cpu, cuda) and `--compile` (pretrain.py's setting) of the timed runs."""
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
+                        help="pretrain.py's `compile` setting for this project (auto: on CUDA only)")
+
+
+def add_worker_options(parser, workers: tuple[str, ...]) -> None:
+    """`--threads` (torch CPU threads of each worker) and the hidden `--worker NAME` that
+    `run_worker` passes to the worker processes."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads in each worker (default: torch's choice, all cores)")
+    parser.add_argument("--worker", choices=workers, default=None, help=argparse.SUPPRESS)
+
+
 def run_worker_if_asked(args, workers: dict) -> bool:
     """In a worker process (`--worker NAME`): set its torch threads (`--threads`), run
     `workers[NAME](args)` and report the result; returns whether it did."""
@@ -114,6 +137,15 @@ def interleaved(contenders: dict[str, list[str]], module: str, rounds: int) -> d
     return results
 
 
+def compare(args, module: str, contenders: dict[str, list[str]], summarise, title: str, keys: tuple[str, ...]) -> None:
+    """Run `contenders` in interleaved rounds, `summarise(args, results)` them into a table and
+    notes, and `record` it with the medians of `keys` per contender."""
+    results = interleaved(contenders, module, args.rounds)
+    table, notes = summarise(args, results)
+    medians = {name: {key: median_of(runs, key) for key in keys} for name, runs in results.items()}
+    record(args, title, table, notes, medians)
+
+
 def median_of(results: list[dict], key: str) -> float:
     """Median of one figure over the rounds (nan when a worker did not report it)."""
     values = [result[key] for result in results if result.get(key) is not None]
@@ -132,9 +164,14 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def add_no_record_option(parser) -> None:
+    """`--no-record`: print the table instead of appending it to benchmarks/RESULTS.md."""
+    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+
+
 def add_output_options(parser) -> None:
     """`--no-record`, `--results-file` and `--json`: where a benchmark's results go."""
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    add_no_record_option(parser)
     parser.add_argument("--results-file", type=Path, default=None,
                         help="append the results section to this file instead of benchmarks/RESULTS.md")
     parser.add_argument("--json", type=Path, default=None,
@@ -148,10 +185,17 @@ def record(args, title: str, table: str, notes: list[str], medians: dict | None 
         tables[title] = medians or {}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(tables, indent=1) + "\n")
+    print_or_record(args, title, table, notes, print_notes=True, results_file=args.results_file)
+
+
+def print_or_record(args, title: str, table: str, notes: list[str], print_notes: bool = False,
+                    results_file: Path | None = None) -> None:
+    """With `--no-record`, print the table (and the notes when `print_notes`); otherwise
+    append a dated section with the command line, the machine, the table and the notes."""
     if args.no_record:
-        print(table)
+        print("\n".join([table, *notes]) if print_notes else table)
         return
-    append_results(title, command_line(), table, notes, args.results_file)
+    append_results(title, command_line(), table, notes, results_file)
 
 
 def append_results(title: str, command: str, table: str, notes: list[str], results_file: Path | None = None) -> None:
@@ -210,56 +254,56 @@ def setup_step(config, device):
     `training.build.setup` builds from `config` (writing nothing), fed the way `fit` feeds it."""
     from training.build import setup
     from training.distributed import DistContext
-    from training.loop import train_step
-    from training.metrics import MetricAccumulator
     from training.prefetch import device_batches
-    from training.signals import StopRequest
+    from training.schedule import LRSchedule
 
     state, ctx, _ = setup(config, DistContext(0, 1, 0, device))
     state.total_steps = 10**6
-    stop, accumulator = StopRequest(), MetricAccumulator()
+    ctx.schedule = LRSchedule.of(config.schedule_settings, state.total_steps)
+    step_on = _stepper(state, ctx)
     batches, host = device_batches(state.stream, device), {}
 
     def step() -> None:
         item = next(batches)
         state.stream_state, host["batch"] = item.stream_state, item.host
-        train_step(state, ctx, item.device, stop, accumulator)
+        step_on(item.device)
 
     return ctx, step, lambda: host["batch"], batches.close
 
 
 def engine_step(arch_name: str, arch, metadata, config, stream, device):
-    """`step(batch)` running the engine's `train_step` on a fresh model, as `fit` would.
+    """(state, `step(batch)`) running the engine's `train_step` on a fresh model, as `fit` would.
 
-    Builds what `training.build.setup` builds (model, the plugin's parameter groups, the
-    optimisers, state and context) without a run folder, data kind or checkpoint.
+    Uses `training.build`'s pieces (model, train state with the plugin's optimisers, wrapped
+    forward) without a run folder, data kind or checkpoint.
     """
-    import torch
-
+    from core.batching import BatchLayout
     from dataset.kinds import get_data_kind
     from models.registry import get_arch
-    from training.build import compiles
+    from training.build import build_model, new_train_state, wrap_forward
     from training.distributed import DistContext
-    from training.loop import train_step
-    from training.metrics import MetricAccumulator
-    from training.optim import build_optimizers
-    from training.signals import StopRequest
-    from training.state import RunContext, TrainState
+    from training.schedule import LRSchedule
+    from training.state import RunContext
 
-    plugin = get_arch(arch_name)
-    torch.manual_seed(0)
-    model = plugin.build(arch, metadata).to(device)
-    optimizer, sparse = build_optimizers(plugin.param_groups(model, config.weight_decay), config.optimizer, config.lr,
-                                         (config.beta1, config.beta2), False, config.puzzle_emb_lr,
-                                         config.puzzle_emb_weight_decay)
-    forward = torch.compile(model) if compiles(config, device) else model
-    state = TrainState(model=model, forward=forward, optimizer=optimizer, sparse_optimizer=sparse, ema=None,
-                       stream=stream, stream_state=stream.state_dict() if stream else {}, step=0, total_steps=10**6,
-                       steps_per_epoch=1.0)
+    plugin, dist = get_arch(arch_name), DistContext(0, 1, 0, device)
+    arch, model = build_model(config, plugin, arch, metadata, dist)
+    state = new_train_state(config, plugin, model, stream, total_steps=10**6, steps_per_epoch=1.0)
+    wrap_forward(state, config, dist)
     data_kind = get_data_kind(plugin.data_kind)
     ctx = RunContext(config=config, arch_config=arch, plugin=plugin, data_kind=data_kind,
-                     data_options=data_kind.options_class(), dist=DistContext(0, 1, 0, device),
+                     data_options=data_kind.options_class(), dist=dist,
+                     layout=BatchLayout.of(config.global_batch_size, micro_batch_size=config.micro_batch_size),
+                     schedule=LRSchedule.of(config.schedule_settings, state.total_steps),
                      run_dir=REPO / "benchmarks" / ".cache", project_name="bench", run_name="bench",
                      metadata=metadata, eval_paths=[])
+    return state, _stepper(state, ctx)
+
+
+def _stepper(state, ctx):
+    """`step(device_batch)`: one `train_step` of `state` with a fresh stop request and metrics."""
+    from training.loop import train_step
+    from training.metrics import MetricAccumulator
+    from training.signals import StopRequest
+
     stop, accumulator = StopRequest(), MetricAccumulator()
-    return state, lambda batch: train_step(state, ctx, batch, stop, accumulator)
+    return lambda batch: train_step(state, ctx, batch, stop, accumulator)

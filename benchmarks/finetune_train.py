@@ -57,10 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--ablate", action="store_true", help="also time this project without unpadding")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads in each worker (default: torch's choice, all cores)")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
-    parser.add_argument("--worker", choices=("ours", "hf"), default=None, help=argparse.SUPPRESS)
+    common.add_worker_options(parser, ("ours", "hf"))
+    common.add_output_options(parser)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--unpad", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -175,18 +173,6 @@ REFERENCE = "transformers, padded to each batch's longest row"
 """The contender the ratios are taken against."""
 
 
-def contenders(args: argparse.Namespace, data: Path) -> dict[str, list[str]]:
-    """Worker command lines by contender name."""
-    shared = ["--data", str(data), "--size", args.size, "--batch", str(args.batch), "--steps", str(args.steps),
-              "--warmup", str(args.warmup)]
-    if args.threads is not None:
-        shared += ["--threads", str(args.threads)]
-    runs = {"this project": ["--worker", "ours", *shared], REFERENCE: ["--worker", "hf", *shared]}
-    if args.ablate:
-        runs["this project, no unpad"] = ["--worker", "ours", "--unpad", "0", *shared]
-    return runs
-
-
 def summarise(args: argparse.Namespace, results: dict[str, list[dict]]) -> tuple[str, list[str]]:
     """The table (medians, ratio to transformers) and the notes."""
     reference = common.median_of(results[REFERENCE], "tokens_per_s")
@@ -211,19 +197,26 @@ def summarise(args: argparse.Namespace, results: dict[str, list[dict]]) -> tuple
     return table, notes
 
 
+def contenders(args: argparse.Namespace, data: Path) -> dict[str, list[str]]:
+    """Worker command lines by contender name."""
+    shared = ["--data", str(data), "--size", args.size, "--batch", str(args.batch), "--steps", str(args.steps),
+              "--warmup", str(args.warmup)]
+    if args.threads is not None:
+        shared += ["--threads", str(args.threads)]
+    runs = {"this project": ["--worker", "ours", *shared], REFERENCE: ["--worker", "hf", *shared]}
+    if args.ablate:
+        runs["this project, no unpad"] = ["--worker", "ours", "--unpad", "0", *shared]
+    return runs
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the comparison, or one worker when `--worker` is given."""
-    args = parse_args(argv)
-    if common.run_worker_if_asked(args, {"ours": ours_worker, "hf": hf_worker}):
+    args = common.options_or_worker(parse_args, argv, {"ours": ours_worker, "hf": hf_worker})
+    if args is None:
         return
-    results = common.interleaved(contenders(args, prepare_dataset()), "benchmarks.finetune_train", args.rounds)
-    table, notes = summarise(args, results)
-    if args.no_record:
-        print(table)
-        print("\n".join(notes))
-        return
-    common.append_results(f"finetune_train: {args.size}, short single sentences, on cpu", common.command_line(),
-                          table, notes)
+    common.compare(args, "benchmarks.finetune_train", contenders(args, prepare_dataset()), summarise,
+                   f"finetune_train: {args.size}, short single sentences, on cpu",
+                   ("tokens_per_s", "examples_per_s", "max_rss_mb"))
 
 
 if __name__ == "__main__":

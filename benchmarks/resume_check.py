@@ -45,9 +45,7 @@ LOSS_KEY = "train/mlm_loss"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options (defaults: bert_tiny, 100 steps, length 128, batch 32)."""
     parser = argument_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
-                        help="pretrain.py's compile setting (auto: on CUDA only)")
+    common.add_device_options(parser)
     parser.add_argument("--tiny", action="store_true",
                         help="1 layer, hidden 32, length 32, batch 16, 30 steps: a smoke run for CPUs")
     parser.add_argument("--steps", type=int, default=None, help="steps of each run (100; 30 with --tiny)")

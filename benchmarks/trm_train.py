@@ -11,7 +11,7 @@ on 30 x 30 grids: 900 + 16 positions, 12 tokens) or a small one, on the same ran
 batches of the task's shape (`--shape`; Sudoku's unless the size is `arc`), in float32
 on CPU and bf16 autocast on CUDA:
 - "this project": `training.loop.train_step` on `models.trm.TRM` with Adam-atan2 and
-  the sparse sign-SGD of `utils.optim` (compiled on CUDA; "eager" too with `--device cuda`);
+  the sparse sign-SGD of `training.optim` (compiled on CUDA; "eager" too with `--device cuda`);
 - "reference": `ReferenceTRM` below, a direct, readable transcription of
   ../shared/reference/TRM.md sections 3-5 in eager PyTorch, with a per-tensor Adam-atan2.
 Every optimiser step is one supervision step for every slot of the batch (continuous
@@ -175,22 +175,19 @@ def reference_adam_atan2_step(params, state, lr=1e-4, betas=(0.9, 0.95), weight_
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options of the benchmark and of its workers."""
     parser = argument_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    common.add_device_options(parser)
     parser.add_argument("--size", choices=sorted(SIZES), action="append", default=None,
                         help="repeatable; default: small and sudoku on CPU, sudoku on CUDA")
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None,
                         help="the task's positions and vocabulary (default: arc for size arc, else sudoku)")
-    parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
-                        help="this project's `compile` setting (auto: on CUDA only)")
     parser.add_argument("--eager", action="store_true",
                         help="also time this project with compile=false (always on CUDA)")
     parser.add_argument("--batch", type=int, default=None, help="slots per step (default per size and device)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per worker (CPU 3, CUDA 30)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (CPU 1, CUDA 10)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker")
+    common.add_worker_options(parser, ("ours", "reference"))
     common.add_output_options(parser)
-    parser.add_argument("--worker", choices=("ours", "reference"), default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
     args.size = args.size or (["sudoku"] if cuda else ["small", "sudoku"])

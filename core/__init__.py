@@ -2,6 +2,6 @@
 
 - `errors`: `UserError` (one line, exit status 2), `ConfigError`, `run_cli`.
 - `files`: one atomic file writer and one atomic folder writer.
-- `batching`: how a global batch splits over ranks and micro-batches.
+- `batching`: how a global batch splits over ranks and micro-batches (`BatchLayout`).
 - `constants`: values shared by data, models and losses (`IGNORE_LABEL_ID`).
 """

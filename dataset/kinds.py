@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.batching import BatchLayout
 from core.errors import ConfigError
 from dataset.puzzles import loader as puzzles
 from dataset.stream import DataKind, EvalBatches, TrainStream
@@ -17,12 +18,12 @@ from dataset.text import loader as text
 from dataset.text.format import load_mlm_metadata
 
 
-def _puzzle_train_stream(paths, _options, seed, global_batch_size, rank, world_size) -> TrainStream:
-    return puzzles.PuzzleTrainStream(paths, seed, global_batch_size, rank, world_size)
+def _puzzle_train_stream(paths, _options, seed, layout: BatchLayout) -> TrainStream:
+    return puzzles.PuzzleTrainStream(paths, seed, layout.global_batch_size, layout.rank, layout.world_size)
 
 
-def _puzzle_eval_batches(paths, _options, _seed, global_batch_size, rank, world_size) -> EvalBatches:
-    return puzzles.iter_puzzle_eval_batches(paths, global_batch_size, rank, world_size)
+def _puzzle_eval_batches(paths, _options, _seed, layout: BatchLayout) -> EvalBatches:
+    return puzzles.iter_puzzle_eval_batches(paths, layout.global_batch_size, layout.rank, layout.world_size)
 
 
 def _puzzle_evaluators(paths: list[str]) -> list[dict]:
@@ -30,21 +31,22 @@ def _puzzle_evaluators(paths: list[str]) -> list[dict]:
     return [{"name": "arc"}] if (Path(paths[0]) / "test_puzzles.json").is_file() else []
 
 
-def _mlm_train_stream(paths, options: text.MLMDataOptions, seed, global_batch_size, rank, world_size) -> TrainStream:
-    return text.MLMTrainStream(paths, seed, global_batch_size, rank, world_size, options.masking,
+def _mlm_train_stream(paths, options: text.MLMDataOptions, seed, layout: BatchLayout) -> TrainStream:
+    return text.MLMTrainStream(paths, seed, layout.global_batch_size, layout.rank, layout.world_size, options.masking,
                                options.trim_padding_to_multiple)
 
 
-def _mlm_eval_batches(paths, options: text.MLMDataOptions, seed, global_batch_size, rank, world_size) -> EvalBatches:
-    return text.iter_mlm_eval_batches(paths, global_batch_size, rank, world_size, options.masking, seed)
+def _mlm_eval_batches(paths, options: text.MLMDataOptions, seed, layout: BatchLayout) -> EvalBatches:
+    return text.iter_mlm_eval_batches(paths, layout.global_batch_size, layout.rank, layout.world_size,
+                                      options.masking, seed)
 
 
-def _task_train_stream(paths, options: tasks.TaskDataOptions, seed, global_batch_size, rank, world_size) -> TrainStream:
-    return tasks.TaskTrainStream(paths, options, seed, global_batch_size, rank, world_size)
+def _task_train_stream(paths, options: tasks.TaskDataOptions, seed, layout: BatchLayout) -> TrainStream:
+    return tasks.TaskTrainStream(paths, options, seed, layout.global_batch_size, layout.rank, layout.world_size)
 
 
-def _task_eval_batches(paths, options: tasks.TaskDataOptions, _seed, global_batch_size, rank, world_size) -> EvalBatches:
-    return tasks.iter_task_eval_batches(paths, options, global_batch_size, rank, world_size)
+def _task_eval_batches(paths, options: tasks.TaskDataOptions, _seed, layout: BatchLayout) -> EvalBatches:
+    return tasks.iter_task_eval_batches(paths, options, layout.global_batch_size, layout.rank, layout.world_size)
 
 
 TASK_EVALUATORS = {

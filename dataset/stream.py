@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel
 
+from core.batching import BatchLayout
 from core.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -115,9 +116,9 @@ class DataKind:
     """Pydantic model of the run's `data:` section for this kind (unknown keys refused)."""
     load_metadata: Callable[[list[str]], Any]
     """Training-split metadata of the dataset folders (it sizes the model)."""
-    train_stream: Callable[[list[str], Any, int, int, int, int], TrainStream]
-    """(paths, options, seed, global_batch_size, rank, world_size) -> this rank's stream."""
-    eval_batches: Callable[[list[str], Any, int, int, int, int], EvalBatches]
-    """(paths, options, seed, global_batch_size, rank, world_size) -> the test split once."""
+    train_stream: Callable[[list[str], Any, int, BatchLayout], TrainStream]
+    """(paths, options, seed, batch layout) -> this rank's stream."""
+    eval_batches: Callable[[list[str], Any, int, BatchLayout], EvalBatches]
+    """(paths, options, seed, batch layout) -> the test split once."""
     default_evaluators: Callable[[list[str]], list[dict[str, Any]]]
     """Evaluator specs a run on these folders gets when it names none."""

@@ -12,7 +12,6 @@ from training import checkpoint as ckpt
 
 def _checkpoint(step: int, value: float = 1.0) -> ckpt.Checkpoint:
     return ckpt.Checkpoint(
-        path=None,
         model={"w": torch.full((2, 3), value)},
         ema={"w": torch.full((2, 3), value / 2)},
         optimizers={"weights": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}},
@@ -25,9 +24,9 @@ def _checkpoint(step: int, value: float = 1.0) -> ckpt.Checkpoint:
 
 def test_round_trip(tmp_path):
     original = _checkpoint(7, 2.0)
-    path = ckpt.save_checkpoint(tmp_path, original)
+    path = ckpt.write_checkpoint(tmp_path, original)
     assert path == tmp_path / "step_7" and ckpt.is_complete(path)
-    loaded = ckpt.load_checkpoint(path)
+    loaded = ckpt.read_checkpoint(path)
     torch.testing.assert_close(loaded.model["w"], original.model["w"])
     torch.testing.assert_close(loaded.ema["w"], original.ema["w"])
     assert loaded.carry["halted"].dtype == torch.bool
@@ -38,34 +37,34 @@ def test_round_trip(tmp_path):
 
 
 def test_crash_mid_save_leaves_no_checkpoint(tmp_path, monkeypatch):
-    ckpt.save_checkpoint(tmp_path, _checkpoint(1))
+    ckpt.write_checkpoint(tmp_path, _checkpoint(1))
 
     def explode(*args, **kwargs):
         raise RuntimeError("killed")
 
     monkeypatch.setattr(ckpt.torch, "save", explode)
     with pytest.raises(RuntimeError):
-        ckpt.save_checkpoint(tmp_path, _checkpoint(2))
+        ckpt.write_checkpoint(tmp_path, _checkpoint(2))
     assert [p.name for p in tmp_path.iterdir()] == ["step_1"]
     assert ckpt.find_latest(tmp_path) == tmp_path / "step_1"
 
 
 def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    ckpt.save_checkpoint(tmp_path, _checkpoint(1))
+    ckpt.write_checkpoint(tmp_path, _checkpoint(1))
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt.torch, "save", full)
     with pytest.raises(UserError, match="disk full.*step_1 is intact"):
-        ckpt.save_checkpoint(tmp_path, _checkpoint(2))
+        ckpt.write_checkpoint(tmp_path, _checkpoint(2))
     assert ckpt.find_latest(tmp_path) == tmp_path / "step_1"
-    assert ckpt.load_checkpoint(tmp_path / "step_1").train_state["step"] == 1
+    assert ckpt.read_checkpoint(tmp_path / "step_1").train_state["step"] == 1
 
 
 def test_truncated_file_is_never_picked_up(tmp_path):
-    ckpt.save_checkpoint(tmp_path, _checkpoint(1))
-    newest = ckpt.save_checkpoint(tmp_path, _checkpoint(2))
+    ckpt.write_checkpoint(tmp_path, _checkpoint(1))
+    newest = ckpt.write_checkpoint(tmp_path, _checkpoint(2))
     data = (newest / "model.safetensors").read_bytes()
     (newest / "model.safetensors").write_bytes(data[: len(data) // 2])
     assert not ckpt.is_complete(newest)
@@ -74,15 +73,15 @@ def test_truncated_file_is_never_picked_up(tmp_path):
     with pytest.raises(UserError, match="incomplete or corrupted"):
         ckpt.resolve_checkpoint(str(newest), None)
     with pytest.raises(UserError, match="incomplete or corrupted"):
-        ckpt.load_checkpoint(newest)
+        ckpt.read_checkpoint(newest)
 
 
 def test_garbage_with_matching_sizes_is_refused(tmp_path):
-    path = ckpt.save_checkpoint(tmp_path, _checkpoint(3))
+    path = ckpt.write_checkpoint(tmp_path, _checkpoint(3))
     size = (path / "model.safetensors").stat().st_size
     (path / "model.safetensors").write_bytes(b"\xff" * size)
     with pytest.raises(UserError, match="cannot be read"):
-        ckpt.load_checkpoint(path)
+        ckpt.read_checkpoint(path)
 
 
 def test_resolve_latest_and_missing(tmp_path):
@@ -90,15 +89,15 @@ def test_resolve_latest_and_missing(tmp_path):
         ckpt.resolve_checkpoint(str(tmp_path / "nope"), None)
     with pytest.raises(UserError, match="no complete checkpoint"):
         ckpt.resolve_checkpoint("latest", tmp_path)
-    ckpt.save_checkpoint(tmp_path, _checkpoint(5))
-    ckpt.save_checkpoint(tmp_path, _checkpoint(10))
+    ckpt.write_checkpoint(tmp_path, _checkpoint(5))
+    ckpt.write_checkpoint(tmp_path, _checkpoint(10))
     assert ckpt.resolve_checkpoint("latest", tmp_path) == tmp_path / "step_10"
     manifest = json.loads((tmp_path / "step_10" / "manifest.json").read_text())
     assert "model.safetensors" in manifest and "manifest.json" not in manifest
 
 
 def test_optimizer_file_executes_no_code(tmp_path, capsys):
-    path = ckpt.save_checkpoint(tmp_path, _checkpoint(1))
+    path = ckpt.write_checkpoint(tmp_path, _checkpoint(1))
 
     class Evil:
         def __reduce__(self):
@@ -109,5 +108,5 @@ def test_optimizer_file_executes_no_code(tmp_path, capsys):
     manifest["optimizer.pt"] = (path / "optimizer.pt").stat().st_size
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="cannot be read"):
-        ckpt.load_checkpoint(path)
+        ckpt.read_checkpoint(path)
     assert "pwned" not in capsys.readouterr().out

@@ -77,7 +77,7 @@ def test_cuda_prefetcher_feeds_the_batches_of_the_plain_path(tmp_path):
 @pytest.mark.parametrize("optimizer", ["adamw", "adam_atan2"])
 def test_optimizer_updates_on_cuda_equal_the_cpu_ones(optimizer):
     from models.interface import ParamGroups, decay_groups
-    from training.optim import build_optimizers
+    from training.optim import OptimizerSettings, build_optimizers
 
     torch.manual_seed(0)
     reference = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4))
@@ -85,8 +85,8 @@ def test_optimizer_updates_on_cuda_equal_the_cpu_ones(optimizer):
     finals = {}
     for device in ("cpu", "cuda"):
         model = copy.deepcopy(reference).to(device)
-        dense, _ = build_optimizers(ParamGroups(dense=decay_groups(model, 0.1)), optimizer, 1e-2, (0.9, 0.95),
-                                    False, 1e-2, 0.1)
+        dense, _ = build_optimizers(ParamGroups(dense=decay_groups(model, 0.1)),
+                                    OptimizerSettings(optimizer, 1e-2, (0.9, 0.95), False, 1e-2, 0.1))
         if optimizer == "adamw":
             assert dense.defaults["fused"] is (device == "cuda")  # the fused kernel on CUDA
         for step_grads in grads:

@@ -9,7 +9,8 @@ from torch import nn
 from models.interface import decay_groups
 from models.layers import SparsePuzzleEmbedding
 from training.ema import EMA
-from training.optim import AdamAtan2, SparseSignSGD, learning_rate
+from training.optim import AdamAtan2, SparseSignSGD
+from training.schedule import learning_rate
 
 
 def test_adam_atan2_matches_hand_computation():

@@ -1,9 +1,15 @@
-"""Turn a validated config into a ready-to-train `TrainState` and `RunContext`.
+"""Turn a validated config into a ready-to-train `TrainState` and `RunContext`, piece by piece.
 
-The order is fixed: find the arch plugin and its data kind, resolve the run folder,
-build the model on its device, optionally initialise from Hugging Face, build optimisers,
-EMA and the data stream, restore a checkpoint, then compile. Compilation comes last so
-that checkpoints always hold the plain module's state-dict names.
+`setup` calls the pieces in a fixed order: find the arch plugin and its data kind, lay out
+the batch, resolve the run folder, build the model on its device (optionally initialised
+from Hugging Face or one of our checkpoints), the train state (optimisers, EMA, data
+stream), the learning-rate schedule, restore a step folder, then wrap the forward (DDP,
+compile). Compilation comes last so that checkpoints always hold the plain module's
+state-dict names. `build_model`, `new_train_state` and `wrap_forward` are public so that
+benchmarks build a run from the same pieces.
+
+Words: the run folder (`run_dir`, the `+checkpoint_path` key) holds a run's files and its
+checkpoints; a checkpoint is one `step_<N>` folder in it (`step_dir`).
 """
 
 from __future__ import annotations
@@ -15,51 +21,55 @@ from typing import Any
 
 import torch
 
-from core.batching import local_batch_size
+from core.batching import BatchLayout
 from core.errors import ConfigError
 from core.files import write_json
 from dataset.kinds import get_data_kind
+from dataset.stream import TrainStream
 from evaluators.registry import build_evaluators
+from models.interface import ArchPlugin, TrainModule
 from models.registry import get_arch
 from training import distributed
-from training.checkpoint import find_latest, resolve_checkpoint, restore
+from training.checkpoint import find_latest, resolve_checkpoint, restore_train_state
 from training.config import MOVED_KEYS, PretrainConfig, validate
 from training.distributed import DistContext
 from training.ema import EMA
 from training.init_from import starting_point
 from training.metrics import MetricsLogger
 from training.optim import build_optimizers
+from training.schedule import LRSchedule
 from training.state import RunContext, TrainState
 
 
 def resolve_run(config: PretrainConfig, arch_name: str) -> tuple[str, str, Path, Path | None]:
-    """(project name, run name, run folder, checkpoint to load) with the documented defaults.
+    """(project name, run name, run folder, step folder to restore) with the documented defaults.
 
-    Resuming from a checkpoint folder continues in that checkpoint's run folder unless
+    Resuming from a step folder continues in that folder's run folder unless
     `+checkpoint_path` says otherwise. A run folder belongs to one run: starting a new run
     in a folder that already holds one is refused, unless `resume=auto` resumes it.
     """
-    project = config.project_name or f"{Path(config.data_paths[0]).name}-{arch_name}"
-    checkpoint = None
-    run_name = config.run_name
-    run_dir = Path(config.checkpoint_path) if config.checkpoint_path else None
-    if config.load_checkpoint:
+    project = config.logging.project_name or f"{Path(config.data_paths[0]).name}-{arch_name}"
+    checkpointing = config.checkpointing
+    step_dir = None
+    run_name = config.logging.run_name
+    run_dir = checkpointing.run_dir
+    if checkpointing.load:
         default_dir = run_dir or (Path("checkpoints") / project / run_name if run_name else None)
-        checkpoint = resolve_checkpoint(config.load_checkpoint, default_dir)
-        run_dir = run_dir or checkpoint.parent
+        step_dir = resolve_checkpoint(checkpointing.load, default_dir)
+        run_dir = run_dir or step_dir.parent
         run_name = run_name or run_dir.name
     if run_name is None:
         run_name = distributed.broadcast_object(f"{arch_name}-{datetime.now():%Y%m%d-%H%M%S}")
     run_dir = run_dir or Path("checkpoints") / project / run_name
-    if checkpoint is None and not config.eval_only and _holds_a_run(run_dir):
-        checkpoint = find_latest(run_dir)
-        if config.resume != "auto":
-            found = f"checkpoint {checkpoint.name}" if checkpoint else "metrics.jsonl"
+    if step_dir is None and not config.eval_only and _holds_a_run(run_dir):
+        step_dir = find_latest(run_dir)
+        if checkpointing.resume != "auto":
+            found = f"checkpoint {step_dir.name}" if step_dir else "metrics.jsonl"
             raise ConfigError(
                 f"run folder {run_dir} already holds a run ({found}); resume it with +load_checkpoint={run_dir} "
                 "(or resume=auto), or start a new run with another +run_name"
             )
-    return project, run_name, run_dir, checkpoint
+    return project, run_name, run_dir, step_dir
 
 
 def _holds_a_run(run_dir: Path) -> bool:
@@ -77,8 +87,8 @@ def eval_only_config(config: PretrainConfig, composed: dict[str, Any], overrides
     """
     if not config.load_checkpoint or config.load_checkpoint == "latest":
         raise ConfigError("eval_only=true needs +load_checkpoint=PATH (a run folder or a step_<N> folder)")
-    checkpoint = resolve_checkpoint(config.load_checkpoint, None)
-    saved = _read_saved_config(checkpoint)
+    step_dir = resolve_checkpoint(config.load_checkpoint, None)
+    saved = _read_saved_config(step_dir)
     # The weights come from the checkpoint, whose arch section is already sized: no starting point.
     merged = {**saved, "eval_only": True, "load_checkpoint": config.load_checkpoint, "resume": None,
               "init_from": None, "init_from_hf": None}
@@ -87,7 +97,7 @@ def eval_only_config(config: PretrainConfig, composed: dict[str, Any], overrides
         if key == "arch":
             chosen, trained = composed["arch"].get("name"), saved["arch"].get("name")
             if chosen != trained:
-                raise ConfigError(f"checkpoint {checkpoint} was written by arch={trained}; drop arch= or pass "
+                raise ConfigError(f"checkpoint {step_dir} was written by arch={trained}; drop arch= or pass "
                                   f"arch={trained}")
             continue
         if key in ("eval_only", "load_checkpoint"):
@@ -96,9 +106,9 @@ def eval_only_config(config: PretrainConfig, composed: dict[str, Any], overrides
     return validate(PretrainConfig, merged)
 
 
-def _read_saved_config(checkpoint: Path) -> dict[str, Any]:
-    """A checkpoint's `config.json`, with the keys that later moved to the `data:` section moved."""
-    saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+def _read_saved_config(step_dir: Path) -> dict[str, Any]:
+    """A step folder's `config.json`, with the keys that later moved to the `data:` section moved."""
+    saved = json.loads((step_dir / "config.json").read_text(encoding="utf-8"))
     saved.setdefault("data", {})
     for old, new in MOVED_KEYS.items():
         (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
@@ -121,7 +131,7 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunContext, Path | None]:
-    """Build everything a run needs; returns the checkpoint it was restored from, if any."""
+    """Build everything a run needs; returns the step folder it was restored from, if any."""
     if config.data_paths is None:
         raise ConfigError(f"data_paths is not set; pass data_paths=\"[path/to/dataset]\" (a folder built by "
                           f"dataset/build_*_dataset.py for arch={config.arch.get('name')})")
@@ -129,38 +139,45 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
     arch_config = validate(plugin.config_class, config.arch, prefix="arch.")
     data_kind = get_data_kind(plugin.data_kind)
     data_options = validate(data_kind.options_class, config.data, prefix="data.")
-    micro_batch_size = _micro_batch_size(config, dist)
-    project, run_name, run_dir, checkpoint_path = resolve_run(config, arch_config.name)
+    layout = BatchLayout.of(config.global_batch_size, dist.rank, dist.world_size, config.micro_batch_size)
+    project, run_name, run_dir, step_dir = resolve_run(config, arch_config.name)
     metadata = data_kind.load_metadata(config.data_paths)
-    arch_config, model = _build_model(config, plugin, arch_config, metadata, dist)
-    optimizer, sparse_optimizer = build_optimizers(
-        plugin.param_groups(model, config.weight_decay), config.optimizer, config.lr, (config.beta1, config.beta2),
-        config.freeze_weights, config.puzzle_emb_lr, config.puzzle_emb_weight_decay,
-    )
-    stream = data_kind.train_stream(config.data_paths, data_options, config.seed, config.global_batch_size,
-                                    dist.rank, dist.world_size)
-    steps_per_epoch = stream.examples_per_epoch / config.global_batch_size
-    total_steps = max(1, int(config.epochs * steps_per_epoch))
-    if config.lr_warmup_ratio is not None:  # a fraction of the whole run, known only now
-        config = config.model_copy(update={"lr_warmup_steps": round(config.lr_warmup_ratio * total_steps)})
-    state = TrainState(
-        model=model, forward=model, optimizer=optimizer, sparse_optimizer=sparse_optimizer,
-        ema=EMA(model, config.ema_rate) if config.ema else None, stream=stream, stream_state=stream.state_dict(),
-        step=0, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-    )
+    arch_config, model = build_model(config, plugin, arch_config, metadata, dist)
+    stream = data_kind.train_stream(config.data_paths, data_options, config.seed, layout)
+    state = new_train_state(config, plugin, model, stream, *run_length(config, stream))
     eval_paths = config.data_paths_test or config.data_paths
     evaluator_specs = data_kind.default_evaluators(eval_paths) if config.evaluators is None else config.evaluators
     ctx = RunContext(config=config, arch_config=arch_config, plugin=plugin, data_kind=data_kind,
-                     data_options=data_options, dist=dist, run_dir=run_dir, project_name=project, run_name=run_name,
-                     metadata=metadata, eval_paths=eval_paths, evaluators=build_evaluators(evaluator_specs, eval_paths),
-                     micro_batch_size=micro_batch_size)
-    if checkpoint_path is not None:
-        restore(state, ctx, checkpoint_path)
-    _wrap_forward(state, config, dist)
-    return state, ctx, checkpoint_path
+                     data_options=data_options, dist=dist, layout=layout,
+                     schedule=LRSchedule.of(config.schedule_settings, state.total_steps), run_dir=run_dir,
+                     project_name=project, run_name=run_name, metadata=metadata, eval_paths=eval_paths,
+                     evaluators=build_evaluators(evaluator_specs, eval_paths))
+    if step_dir is not None:
+        restore_train_state(state, ctx, step_dir)
+    wrap_forward(state, config, dist)
+    return state, ctx, step_dir
 
 
-def _build_model(config: PretrainConfig, plugin, arch_config, metadata, dist: DistContext):
+def run_length(config: PretrainConfig, stream: TrainStream) -> tuple[int, float]:
+    """(optimiser steps of the whole run, steps per epoch) for `epochs` passes over `stream`."""
+    steps_per_epoch = stream.examples_per_epoch / config.global_batch_size
+    return max(1, int(config.epochs * steps_per_epoch)), steps_per_epoch
+
+
+def new_train_state(config: PretrainConfig, plugin: ArchPlugin, model: TrainModule, stream: TrainStream | None,
+                    total_steps: int, steps_per_epoch: float) -> TrainState:
+    """Step 0 of a run: the optimisers over the plugin's parameter groups, EMA, the stream."""
+    groups = plugin.param_groups(model, config.weight_decay)
+    optimizer, sparse_optimizer = build_optimizers(groups, config.optimizer_settings)
+    return TrainState(
+        model=model, forward=model, optimizer=optimizer, sparse_optimizer=sparse_optimizer,
+        ema=EMA(model, config.ema_rate) if config.ema else None, stream=stream,
+        stream_state=stream.state_dict() if stream is not None else {},
+        step=0, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+    )
+
+
+def build_model(config: PretrainConfig, plugin: ArchPlugin, arch_config, metadata, dist: DistContext):
     """(arch config, model on its device): sized and initialised from `+init_from_hf` or
     `+init_from` when given, with a banner line saying what was loaded."""
     if config.init_from_hf:
@@ -182,8 +199,8 @@ def _build_model(config: PretrainConfig, plugin, arch_config, metadata, dist: Di
     return arch_config, model
 
 
-def _wrap_forward(state: TrainState, config: PretrainConfig, dist: DistContext) -> None:
-    """What the loop calls: DDP over several training processes, then `torch.compile`
+def wrap_forward(state: TrainState, config: PretrainConfig, dist: DistContext) -> None:
+    """Set what the loop calls: DDP over several training processes, then `torch.compile`
     (compilation last, so checkpoints keep the plain module's state-dict names)."""
     forward = state.model
     if dist.world_size > 1 and not config.eval_only and state.optimizer is not None:
@@ -197,18 +214,6 @@ def _wrap_forward(state: TrainState, config: PretrainConfig, dist: DistContext) 
 def compiles(config: PretrainConfig, device: torch.device) -> bool:
     """Whether the training forward is compiled (`compile`: auto on GPUs, true, false)."""
     return config.compile is True or (config.compile == "auto" and device.type == "cuda")
-
-
-def _micro_batch_size(config: PretrainConfig, dist: DistContext) -> int:
-    """Rows per forward on this process; refuses sizes that do not split the batch."""
-    local = local_batch_size(config.global_batch_size, dist.world_size)
-    micro = config.micro_batch_size or local
-    if local % micro:
-        raise ConfigError(
-            f"micro_batch_size ({micro}) must divide each process's share of global_batch_size "
-            f"({config.global_batch_size} / {dist.world_size} processes = {local}); pick a divisor of {local}"
-        )
-    return micro
 
 
 def _hf_sized_config(config: PretrainConfig, plugin, arch_config, metadata):
@@ -225,24 +230,36 @@ def _hf_sized_config(config: PretrainConfig, plugin, arch_config, metadata):
     return arch_config
 
 
-def open_logger(state: TrainState, ctx: RunContext, restored_from: Path | None) -> None:
-    """Create the run folder, its config snapshot and the metrics logger, and print the
-    banner (rank 0 only). An `eval_only` run leaves the training run's files alone."""
+def prepare_run_dir(ctx: RunContext) -> None:
+    """Create the run folder and write its config snapshot `config.json` (rank 0 of a
+    training run; an `eval_only` run leaves the training run's files alone)."""
+    if ctx.dist.is_main and not ctx.config.eval_only:
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(ctx.run_dir / "config.json", ctx.resolved_config())
+
+
+def open_metrics_logger(state: TrainState, ctx: RunContext) -> None:
+    """Set `ctx.logger` to the run folder's metrics logger (rank 0 of a training run; the
+    folder exists: `prepare_run_dir`)."""
+    if ctx.dist.is_main and not ctx.config.eval_only:
+        # Records an interrupted run logged after its last checkpoint are logged again from here.
+        logging = ctx.config.logging
+        ctx.logger = MetricsLogger(ctx.run_dir, logging.wandb, ctx.project_name, ctx.run_name, ctx.resolved_config(),
+                                   state.step)
+
+
+def print_banner(state: TrainState, ctx: RunContext, restored_from: Path | None) -> None:
+    """Say what runs (rank 0): the run or the evaluated step, its size, length and batch layout."""
     if not ctx.dist.is_main:
         return
     parameters = sum(param.numel() for param in state.model.parameters())
-    local = local_batch_size(ctx.config.global_batch_size, ctx.dist.world_size)
-    where = (f"device {ctx.dist.device}, {ctx.dist.world_size} process(es), global batch {ctx.config.global_batch_size} "
-             f"= {ctx.dist.world_size} x {local // ctx.micro_batch_size} micro-batch(es) of {ctx.micro_batch_size}")
+    layout = ctx.layout
+    where = (f"device {ctx.dist.device}, {layout.world_size} process(es), global batch {layout.global_batch_size} "
+             f"= {layout.world_size} x {layout.accumulation_steps} micro-batch(es) of {layout.micro_batch_size}")
     if ctx.config.eval_only:
         print(f"evaluating step {state.step} of run {ctx.project_name}/{ctx.run_name} ({restored_from}) on "
               f"{', '.join(ctx.eval_paths)}: {parameters / 1e6:.2f}M parameters, {where}", flush=True)
         return
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    snapshot = ctx.resolved_config()
-    write_json(ctx.run_dir / "config.json", snapshot)
-    # Records an interrupted run logged after its last checkpoint are logged again from here.
-    ctx.logger = MetricsLogger(ctx.run_dir, ctx.config.wandb, ctx.project_name, ctx.run_name, snapshot, state.step)
     last_step = state.last_step(ctx.config.max_steps)
     steps = f"{last_step} steps" + (f" (max_steps; the schedule spans {state.total_steps})"
                                     if last_step < state.total_steps else "")

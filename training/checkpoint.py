@@ -1,6 +1,11 @@
 """Complete, atomic checkpoints: `<run_dir>/step_<N>/`, and how a run's state goes in and out.
 
-`save(state, ctx)` and `restore(state, ctx, path)` sit side by side with each stateful
+Words: the run folder (`run_dir`) holds a run; a checkpoint is one of its `step_<N>`
+folders (`step_dir`). Two levels, each a pair: `write_checkpoint`/`read_checkpoint` move a
+`Checkpoint` (tensors and JSON in memory) to and from a step folder;
+`save_train_state`/`restore_train_state` turn a run's `TrainState` into one and back.
+
+`save_train_state(state, ctx)` and `restore_train_state(state, ctx, step_dir)` sit side by side with each stateful
 part's pair (model, optimisers, EMA, carry, RNG, step and data position), so what is
 saved and what is restored can be read together.
 
@@ -40,7 +45,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from core.batching import rank_rows
 from core.errors import UserError
 from core.files import atomic_folder, write_json
 from training import distributed
@@ -52,9 +56,8 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 
 @dataclass
 class Checkpoint:
-    """Everything a checkpoint holds, as loaded into memory."""
+    """Everything a checkpoint holds, in memory."""
 
-    path: Path
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor] | None
     optimizers: dict[str, Any]
@@ -64,8 +67,8 @@ class Checkpoint:
     config: dict[str, Any]
 
 
-def save_checkpoint(run_dir: Path, checkpoint: Checkpoint, extra_paths: list[Path] = ()) -> Path:
-    """Write `checkpoint` to `run_dir/step_<N>` atomically and return that path.
+def write_checkpoint(run_dir: Path, checkpoint: Checkpoint, extra_paths: list[Path] = ()) -> Path:
+    """Write `checkpoint` to `run_dir/step_<N>` atomically and return that step folder.
 
     On a full disk the partial folder is removed, earlier checkpoints stay, and a
     `UserError` says how to resume.
@@ -184,8 +187,8 @@ def resolve_checkpoint(spec: str, default_run_dir: Path | None) -> Path:
     return latest
 
 
-def load_checkpoint(folder: Path) -> Checkpoint:
-    """Read a checkpoint written by `save_checkpoint`; a damaged one raises `UserError`."""
+def read_checkpoint(folder: Path) -> Checkpoint:
+    """Read a step folder written by `write_checkpoint`; a damaged one raises `UserError`."""
     if not is_complete(folder):
         raise UserError(f"checkpoint {folder} is incomplete or corrupted; resume from an earlier one")
     damaged = damaged_file(folder)
@@ -195,7 +198,6 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     try:
         ema_path = folder / "ema.safetensors"
         return Checkpoint(
-            path=folder,
             model=load_file(folder / "model.safetensors"),
             ema=load_file(ema_path) if ema_path.exists() else None,
             optimizers=torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True),
@@ -211,30 +213,31 @@ def load_checkpoint(folder: Path) -> Checkpoint:
 # ------------------------------------------------------------- a run's state in and out
 
 
-def save(state: TrainState, ctx: RunContext) -> Path | None:
-    """Write a checkpoint of the current step (a collective; rank 0 writes)."""
+def save_train_state(state: TrainState, ctx: RunContext) -> Path | None:
+    """Write the current step's checkpoint into the run folder (a collective; rank 0 writes
+    and gets the step folder, the other ranks None)."""
     carry = gather_carry(state.carry)
     rng = rng_states(ctx)
-    path = None
+    step_dir = None
     if ctx.dist.is_main:
         checkpoint = Checkpoint(
-            path=ctx.run_dir, model=state.model.state_dict(), ema=state.ema.state_dict() if state.ema else None,
+            model=state.model.state_dict(), ema=state.ema.state_dict() if state.ema else None,
             optimizers=optimizer_states(state), carry=carry, rng=rng, config=ctx.resolved_config(),
             train_state=train_counters(state, ctx),
         )
-        path = save_checkpoint(ctx.run_dir, checkpoint, _dataset_files(ctx.config.data_paths[0]))
+        step_dir = write_checkpoint(ctx.run_dir, checkpoint, _dataset_files(ctx.config.data_paths[0]))
     distributed.barrier()
-    return path
+    return step_dir
 
 
-def restore(state: TrainState, ctx: RunContext, path: Path) -> None:
-    """Load a checkpoint into `state`: weights, optimiser, EMA, carry, data position, RNG."""
-    checkpoint = load_checkpoint(path)
+def restore_train_state(state: TrainState, ctx: RunContext, step_dir: Path) -> None:
+    """Load a step folder into `state`: weights, optimiser, EMA, carry, data position, RNG."""
+    checkpoint = read_checkpoint(step_dir)
     saved_arch = checkpoint.train_state.get("arch")
     if saved_arch != ctx.arch_config.name:
-        raise UserError(f"checkpoint {path} was written by arch={saved_arch}, not arch={ctx.arch_config.name}; "
+        raise UserError(f"checkpoint {step_dir} was written by arch={saved_arch}, not arch={ctx.arch_config.name}; "
                         f"use arch={saved_arch} or another checkpoint")
-    load_model_state(state, ctx, checkpoint.model, path)
+    load_model_state(state, ctx, checkpoint.model, step_dir)
     load_optimizer_states(state, checkpoint.optimizers)
     load_ema_state(state, ctx, checkpoint.ema)
     if not ctx.config.eval_only:  # evaluation needs neither the carry nor the training data's position
@@ -249,13 +252,13 @@ def _dataset_files(data_path: str) -> list[Path]:
     return [path for path in (root / "dataset.json", root / "tokenizer") if path.exists()]
 
 
-def load_model_state(state: TrainState, ctx: RunContext, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def load_model_state(state: TrainState, ctx: RunContext, tensors: dict[str, torch.Tensor], step_dir: Path) -> None:
     """The weights and persistent buffers (saved as `state.model.state_dict()`)."""
     try:
         state.model.load_state_dict({name: tensor.to(ctx.dist.device) for name, tensor in tensors.items()})
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1].strip()
-        raise UserError(f"checkpoint {path} does not fit this model ({first}); "
+        raise UserError(f"checkpoint {step_dir} does not fit this model ({first}); "
                         "use the arch.* settings of the run that wrote it") from None
 
 
@@ -298,12 +301,12 @@ def load_carry(state: TrainState, ctx: RunContext, saved: dict[str, torch.Tensor
     if not saved:
         return
     saved_batch = next(iter(saved.values())).shape[0]
-    if saved_batch != ctx.config.global_batch_size:
+    if saved_batch != ctx.layout.global_batch_size:
         if ctx.dist.is_main:
-            print(f"note: global_batch_size changed ({saved_batch} -> {ctx.config.global_batch_size}); "
+            print(f"note: global_batch_size changed ({saved_batch} -> {ctx.layout.global_batch_size}); "
                   "every slot starts a fresh example")
         return
-    start, stop = rank_rows(ctx.config.global_batch_size, ctx.dist.rank, ctx.dist.world_size)
+    start, stop = ctx.layout.rows
     state.carry = {name: tensor[start:stop].to(ctx.dist.device) for name, tensor in saved.items()}
 
 

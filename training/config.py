@@ -1,15 +1,18 @@
 """The run configuration: Hydra composes it, this module types and checks it.
 
-Nothing past `pretrain.py` sees a raw DictConfig: `load_config` turns the composed
-config into a `PretrainConfig` (unknown keys refused) and the `arch` section into the
+Nothing past `pretrain.py` sees a raw DictConfig: `validate` turns the composed config
+into a `PretrainConfig` (unknown keys refused) and the `arch` section into the
 architecture's own pydantic model, and every mistake becomes a `ConfigError` whose one
-line names the key and what it accepts.
+line names the key and what it accepts. The command line's keys stay flat (`lr=`,
+`lr_warmup_steps=`, ...); the code reads them through typed views of one concern each
+(`optimizer_settings`, `schedule_settings`, `checkpointing`, `logging`).
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,9 +20,35 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from core.errors import ConfigError
+from training.optim import OPTIMIZERS, OptimizerSettings
+from training.schedule import SHAPES, ScheduleSettings
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """The run config's checkpoint keys, as the code reads them."""
+
+    run_dir: Path | None
+    """`+checkpoint_path`: the run folder (None: `checkpoints/<project>/<run>`)."""
+    load: str | None
+    """`+load_checkpoint`: a step folder, a run folder or `latest`."""
+    resume: str | None
+    every_eval: bool
+    """`checkpoint_every_eval`."""
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """The run config's logging keys, as the code reads them."""
+
+    interval: int
+    """`log_interval`: steps between metric records."""
+    wandb: str
+    project_name: str | None
+    run_name: str | None
 
 
 class PretrainConfig(BaseModel):
@@ -58,8 +87,8 @@ class PretrainConfig(BaseModel):
     """Stop after this many optimiser steps (for demos and smoke tests); the LR schedule
     still spans the whole run."""
 
-    optimizer: Literal["adam_atan2", "adamw"] = "adam_atan2"
-    """Weights optimiser: TRM's Adam-atan2 or AdamW (BERT)."""
+    optimizer: str = "adam_atan2"
+    """Weights optimiser, a name in `training.optim.OPTIMIZERS`: TRM's Adam-atan2 or AdamW (BERT)."""
     lr: float
     """Peak learning rate."""
     lr_min_ratio: float = 1.0
@@ -69,8 +98,8 @@ class PretrainConfig(BaseModel):
     lr_warmup_ratio: float | None = None
     """Warmup as a fraction of the run's steps (fine-tuning uses 0.1); when set it replaces
     `lr_warmup_steps`, which the run's saved config then shows."""
-    lr_schedule: Literal["cosine", "linear"] = "cosine"
-    """Shape of the decay after warmup."""
+    lr_schedule: str = "cosine"
+    """Shape of the decay after warmup, a name in `training.schedule.SHAPES`: cosine or linear."""
     beta1: float = 0.9
     """Adam beta1."""
     beta2: float = 0.95
@@ -131,6 +160,38 @@ class PretrainConfig(BaseModel):
     init_from: str | None = None
     """Start from the weights of this project's checkpoint, a run or step_N folder (`+init_from=`):
     sizes from its config, matching tensors loaded, the rest fresh (e.g. fine-tuning heads)."""
+
+    @field_validator("optimizer", "lr_schedule")
+    @classmethod
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        """`optimizer` and `lr_schedule` name entries of their registries (`OPTIMIZERS`, `SHAPES`)."""
+        known = {"optimizer": OPTIMIZERS, "lr_schedule": SHAPES}[info.field_name]
+        if name not in known:
+            raise ValueError(f"unknown {info.field_name}; use {' or '.join(repr(entry) for entry in known)}")
+        return name
+
+    @property
+    def optimizer_settings(self) -> OptimizerSettings:
+        """The optimiser keys as one value."""
+        return OptimizerSettings(self.optimizer, self.lr, (self.beta1, self.beta2), self.freeze_weights,
+                                 self.puzzle_emb_lr, self.puzzle_emb_weight_decay)
+
+    @property
+    def schedule_settings(self) -> ScheduleSettings:
+        """The learning-rate schedule keys as one value (base rates per optimiser)."""
+        return ScheduleSettings({"weights": self.lr, "sparse": self.puzzle_emb_lr}, self.lr_warmup_steps,
+                                self.lr_warmup_ratio, self.lr_min_ratio, self.lr_schedule)
+
+    @property
+    def checkpointing(self) -> CheckpointSettings:
+        """The checkpoint keys as one value."""
+        run_dir = Path(self.checkpoint_path) if self.checkpoint_path else None
+        return CheckpointSettings(run_dir, self.load_checkpoint, self.resume, self.checkpoint_every_eval)
+
+    @property
+    def logging(self) -> LoggingSettings:
+        """The logging keys as one value."""
+        return LoggingSettings(self.log_interval, self.wandb, self.project_name, self.run_name)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> PretrainConfig:

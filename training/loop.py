@@ -33,10 +33,9 @@ from tqdm import tqdm
 from core.errors import ConfigError, UserError
 from models.interface import Carry, StepOutput
 from training import distributed
-from training.checkpoint import save
+from training.checkpoint import save_train_state
 from training.config import PretrainConfig
 from training.metrics import MetricAccumulator, ThroughputMeter, format_record, natural_key, progress_fields
-from training.optim import learning_rate
 from training.prefetch import device_batches, to_device
 from training.signals import StopRequest
 from training.state import RunContext, TrainState
@@ -80,7 +79,7 @@ def train_step(state: TrainState, ctx: RunContext, batch: dict[str, torch.Tensor
     per forward; returns whether every rank agreed to stop after it."""
     if state.carry is None:
         state.carry = state.model.initial_carry(batch)
-    size = ctx.micro_batch_size or next(iter(batch.values())).shape[0]
+    size = ctx.layout.micro_batch_size
     micro_batches = split_rows(batch, size)
     carries = split_rows(state.carry, size) if state.carry else [{}] * len(micro_batches)
     counts = global_loss_counts(state, carries, micro_batches)
@@ -152,26 +151,18 @@ def _skip_step(state: TrainState, ctx: RunContext) -> None:
 
 
 def _apply_update(state: TrainState, ctx: RunContext) -> None:
-    config = ctx.config
-    fraction = _lr_fraction(state, ctx, update=state.step + 1)  # state.step counts the updates done before this one
+    update = state.step + 1  # state.step counts the updates done before this one
     if state.optimizer is not None:
         for group in state.optimizer.param_groups:
-            group["lr"] = config.lr * fraction
+            group["lr"] = ctx.schedule.lr(update, "weights")
         state.optimizer.step()
     if state.sparse_optimizer is not None:
-        state.sparse_optimizer.lr = config.puzzle_emb_lr * fraction
+        state.sparse_optimizer.lr = ctx.schedule.lr(update, "sparse")
         state.sparse_optimizer.step()
     if state.ema is not None:
         state.ema.update(state.model)
     state.nonfinite_in_a_row = 0
     _zero_grads(state)
-
-
-def _lr_fraction(state: TrainState, ctx: RunContext, update: int) -> float:
-    """The schedule's factor for the `update`-th optimiser update (1-based)."""
-    config = ctx.config
-    return learning_rate(update, 1.0, config.lr_warmup_steps, state.total_steps, config.lr_min_ratio,
-                         config.lr_schedule)
 
 
 def _zero_grads(state: TrainState) -> None:
@@ -195,8 +186,7 @@ def eval_steps(config: PretrainConfig, state: TrainState) -> list[int]:
 def evaluate(state: TrainState, ctx: RunContext) -> dict[str, float]:
     """Run the test split (and the evaluators) with the EMA weights when there are any."""
     accumulator = MetricAccumulator()
-    batches = ctx.data_kind.eval_batches(ctx.eval_paths, ctx.data_options, ctx.config.seed,
-                                         ctx.config.global_batch_size, ctx.dist.rank, ctx.dist.world_size)
+    batches = ctx.data_kind.eval_batches(ctx.eval_paths, ctx.data_options, ctx.config.seed, ctx.layout)
     for evaluator in ctx.evaluators:
         evaluator.begin()
     swap = state.ema.swapped_in(state.model) if state.ema is not None else contextlib.nullcontext()
@@ -260,7 +250,7 @@ def fit(state: TrainState, ctx: RunContext) -> None:
             state.stream_state = item.stream_state
             meter.add(ctx.plugin.count_batch(item.host), ctx.dist.world_size)
             progress.update(1)
-            if state.step % config.log_interval == 0 or state.step == last_step or stopping:
+            if state.step % config.logging.interval == 0 or state.step == last_step or stopping:
                 _log_train(state, ctx, accumulator, meter, progress)
             if state.step == last_step or stopping:
                 progress.close()  # its last line stays; what follows is printed below it, once
@@ -269,10 +259,10 @@ def fit(state: TrainState, ctx: RunContext) -> None:
                 evaluations.pop(0)
                 with meter.excluded():  # evaluation and saving are not training throughput
                     _log_eval(state, ctx)
-                    if config.checkpoint_every_eval or state.step == last_step:
-                        saved = save(state, ctx)
+                    if config.checkpointing.every_eval or state.step == last_step:
+                        saved = save_train_state(state, ctx)
         if stopping and saved is None:
-            saved = save(state, ctx)
+            saved = save_train_state(state, ctx)
     finally:
         batches.close()
         stop.uninstall()
@@ -295,7 +285,7 @@ def _log_train(state: TrainState, ctx: RunContext, accumulator: MetricAccumulato
                progress: tqdm) -> None:
     metrics = accumulator.reduce()
     metrics.update(meter.report())
-    metrics["train/lr"] = ctx.config.lr * _lr_fraction(state, ctx, update=state.step)  # the last update's
+    metrics["train/lr"] = ctx.schedule.lr(state.step)  # the last update's
     metrics["train/nonfinite_steps"] = float(state.nonfinite_total)
     if ctx.logger is not None:
         ctx.logger.log(state.step, metrics)
@@ -312,13 +302,13 @@ def _log_eval(state: TrainState, ctx: RunContext) -> dict[str, float]:
     return metrics
 
 
-def record_evaluation(ctx: RunContext, step: int, checkpoint, metrics: dict[str, float]) -> None:
+def record_evaluation(ctx: RunContext, step: int, step_dir: Path, metrics: dict[str, float]) -> None:
     """Print an `eval_only` result and append it to `<run>/evaluations.jsonl` (not to the
     training curve): what was evaluated, on what data, and the metrics."""
     for name, value in sorted(metrics.items(), key=lambda item: natural_key(item[0])):
         print(f"{name}: {value:.6f}")
-    record = {"step": step, "time": time.time(), "checkpoint": str(checkpoint), "data_paths": ctx.eval_paths,
-              "global_batch_size": ctx.config.global_batch_size, "world_size": ctx.dist.world_size,
+    record = {"step": step, "time": time.time(), "checkpoint": str(step_dir), "data_paths": ctx.eval_paths,
+              "global_batch_size": ctx.layout.global_batch_size, "world_size": ctx.dist.world_size,
               **format_record(metrics)}
     path = ctx.run_dir / "evaluations.jsonl"
     with open(path, "a", encoding="utf-8") as file:

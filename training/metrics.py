@@ -39,8 +39,8 @@ class MetricsLogger:
     def __init__(self, run_dir: Path, wandb_mode: str, project: str, run_name: str, config: dict[str, Any],
                  resume_step: int | None = None):
         """`resume_step`: the step a resumed run restarts from; records logged after it by
-        the interrupted run are dropped, since the resumed run logs those steps again."""
-        run_dir.mkdir(parents=True, exist_ok=True)
+        the interrupted run are dropped, since the resumed run logs those steps again.
+        `run_dir` must exist (`training.build.prepare_run_dir` makes it)."""
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             _drop_records_after(self.path, resume_step)

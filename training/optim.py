@@ -1,16 +1,19 @@
-"""Optimisers and learning-rate schedules.
+"""Optimisers.
 
 - `AdamAtan2`: Adam with the update m / (sqrt(v) + eps) replaced by atan2(m, sqrt(v))
   (no epsilon), as TRM trains with; pure PyTorch, so it runs on any device.
 - `SparseSignSGD`: TRM's optimiser for the puzzle-embedding table: only the rows used in
   the batch move, by the sign of their gradient (duplicate ids summed, then over ranks).
-- `learning_rate`: linear warmup, then cosine (TRM) or linear (BERT) decay to a floor.
+- `OPTIMIZERS`: the weights optimisers by `optimizer=` name (a new one is one entry here).
 - `build_optimizers`: the run's optimisers over the architecture's parameter groups.
+
+The learning rate of each update is set from `training.schedule`.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -118,37 +121,43 @@ def _gather_rows(ids: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.cat(all_ids), torch.cat(all_grads)
 
 
-def learning_rate(
-    step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float, schedule: str = "cosine"
-) -> float:
-    """Learning rate of the `step`-th optimiser update (1-based, as in TRM's code).
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The run config's optimiser keys (`optimizer`, `lr`, `beta1`/`beta2`, `freeze_weights`,
+    `puzzle_emb_lr`, `puzzle_emb_weight_decay`; `weight_decay` goes into the plugin's groups)."""
 
-    Linear warmup: update k < `warmup_steps` gets `base_lr * k / warmup_steps`, so update 1
-    already moves the weights; then decay from `base_lr` (at update `warmup_steps`) to
-    `base_lr * min_ratio` at `total_steps`: half a cosine, or a straight line.
-    """
-    if step < warmup_steps:
-        return base_lr * step / max(1, warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if schedule == "cosine":
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-    elif schedule == "linear":
-        shape = 1.0 - progress
-    else:
-        raise ValueError(f"unknown lr_schedule {schedule!r}: use cosine or linear")
-    return base_lr * (min_ratio + (1.0 - min_ratio) * shape)
+    name: str
+    lr: float
+    betas: tuple[float, float]
+    freeze_weights: bool = False
+    sparse_lr: float = 1e-2
+    sparse_weight_decay: float = 0.1
 
 
-def build_optimizers(groups: ParamGroups, optimizer: str, lr: float, betas: tuple[float, float], freeze_weights: bool,
-                     sparse_lr: float, sparse_weight_decay: float) -> tuple[torch.optim.Optimizer | None, SparseSignSGD | None]:
-    """The weights optimiser over `groups.dense` (None when frozen) and the sparse one (if any tables)."""
-    sparse = SparseSignSGD(groups.sparse_tables, sparse_lr, sparse_weight_decay) if groups.sparse_tables else None
-    params = [param for group in groups.dense for param in group["params"]]
-    if freeze_weights:
-        for param in params:
-            param.requires_grad_(False)
-        return None, sparse
-    if optimizer == "adam_atan2":
-        return AdamAtan2(groups.dense, lr=lr, betas=betas), sparse
+def _adam_atan2(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    return AdamAtan2(groups, lr=lr, betas=betas)
+
+
+def _adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    params = [param for group in groups for param in group["params"]]
     fused = bool(params) and params[0].device.type == "cuda"
-    return torch.optim.AdamW(groups.dense, lr=lr, betas=betas, fused=fused), sparse
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], float, tuple[float, float]], torch.optim.Optimizer]] = {
+    "adam_atan2": _adam_atan2,
+    "adamw": _adamw,
+}
+"""Weights optimisers by `optimizer=` name: (dense parameter groups, lr, betas) -> optimiser."""
+
+
+def build_optimizers(groups: ParamGroups, settings: OptimizerSettings) -> tuple[torch.optim.Optimizer | None, SparseSignSGD | None]:
+    """The weights optimiser over `groups.dense` (None when frozen) and the sparse one (if any tables)."""
+    sparse = (SparseSignSGD(groups.sparse_tables, settings.sparse_lr, settings.sparse_weight_decay)
+              if groups.sparse_tables else None)
+    if settings.freeze_weights:
+        for group in groups.dense:
+            for param in group["params"]:
+                param.requires_grad_(False)
+        return None, sparse
+    return OPTIMIZERS[settings.name](groups.dense, settings.lr, settings.betas), sparse

@@ -1,5 +1,5 @@
 """The two objects a run is made of: what never changes (`RunContext`) and what does
-(`TrainState`, all of which a checkpoint stores)."""
+(`TrainState`; a checkpoint stores what a resumed run cannot rebuild from the config)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
+from core.batching import BatchLayout
 from dataset.stream import DataKind, TrainStream
 from evaluators.base import Evaluator
 from models.interface import ArchConfig, ArchPlugin, Carry, TrainModule
@@ -20,6 +21,7 @@ from training.distributed import DistContext
 from training.ema import EMA
 from training.metrics import MetricsLogger
 from training.optim import SparseSignSGD
+from training.schedule import LRSchedule
 
 
 @dataclass
@@ -32,19 +34,24 @@ class RunContext:
     data_kind: DataKind
     data_options: BaseModel
     dist: DistContext
+    layout: BatchLayout
+    """The batch's split over processes and micro-batches (checked once, in `setup`)."""
+    schedule: LRSchedule
+    """The learning rate of every update (`ctx.schedule.lr(update, optimizer)`)."""
     run_dir: Path
+    """The run folder (`+checkpoint_path`): config snapshot, metrics, `step_<N>` checkpoints."""
     project_name: str
     run_name: str
     metadata: Any
     eval_paths: list[str]
     evaluators: list[Evaluator] = field(default_factory=list)
     logger: MetricsLogger | None = None
-    micro_batch_size: int = 0
-    """Rows per forward on this process; 0 means all of this rank's share of the batch."""
 
     def resolved_config(self) -> dict[str, Any]:
-        """The run config with the validated (and possibly HF-derived) arch and data sections."""
+        """The run config with the validated (and possibly HF-derived) arch and data sections,
+        and the warm-up in steps (`lr_warmup_ratio` resolved)."""
         resolved = self.config.model_dump()
+        resolved["lr_warmup_steps"] = self.schedule.warmup_steps
         resolved["arch"] = self.arch_config.model_dump()
         resolved["data"] = self.data_options.model_dump()
         return resolved
@@ -61,7 +68,10 @@ class RunContext:
 
 @dataclass
 class TrainState:
-    """Everything that changes during a run; a checkpoint stores all of it."""
+    """Everything that changes during a run. A checkpoint stores the model, optimiser and
+    EMA states, the carry, `step`, `total_steps`, `stream_state` and `nonfinite_total`
+    (`training.checkpoint.train_counters`); `forward`, `no_sync` and `nonfinite_in_a_row`
+    are rebuilt or restart on resume."""
 
     model: TrainModule
     forward: Any

@@ -17,7 +17,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from core.errors import UserError
-from training.checkpoint import Checkpoint, find_latest, save_checkpoint
+from training.checkpoint import Checkpoint, find_latest, write_checkpoint
 from utils.suite_runner import PlannedRun
 from utils.suite_table import summarize_task
 
@@ -77,8 +77,8 @@ class MnliStarts:
                 for name, tensors in weights.items()}
         train_state, config = (json.loads((latest / file).read_text(encoding="utf-8"))
                                for file in ("train_state.json", "config.json"))
-        save_checkpoint(self.folder(run.lr, run.seed), Checkpoint(
-            path=latest, model=kept["model"], ema=kept.get("ema"), optimizers={}, carry={}, rng={},
+        write_checkpoint(self.folder(run.lr, run.seed), Checkpoint(
+            model=kept["model"], ema=kept.get("ema"), optimizers={}, carry={}, rng={},
             train_state=train_state, config=config), [latest / "dataset.json", latest / "tokenizer"])
 
     def clean_up(self) -> None:
