@@ -5,7 +5,8 @@
 
 Nine folders (`CoLA/` ... `WNLI/`) with `train.tsv` and `dev.tsv` (MNLI: `dev_matched.tsv`
 and `dev_mismatched.tsv`), each with GLUE's header line and column order (CoLA without a
-header: source, label, original judgement, sentence) and GLUE's label values. Sentences
+header: source, label, original judgement, sentence) and GLUE's label values (and, as in
+GLUE's QQP `train.tsv`, one QQP training line cut short). Sentences
 are random words; the label follows a simple rule (a pair shares its first word, a
 sentence holds "cat"), so a model can learn it. Also `squad/` (SQuAD v1.1 JSON) and
 `conll/` (CoNLL-2003 columns) with the same words.
@@ -81,6 +82,8 @@ HEADERS = {
 def _tsv(task: str, count: int, rng: np.random.Generator, dev: bool) -> str:
     lines = [] if task == "CoLA" else ["\t".join(HEADERS.get(task) or _mnli_header(dev))]
     lines += ["\t".join(_glue_rows(task, index, rng, dev)) for index in range(count)]
+    if task == "QQP" and not dev:  # GLUE's QQP train.tsv has a few lines cut short, which readers skip
+        lines.insert(len(lines) // 2, f"{count}\t{2 * count}\t{2 * count + 1}\tan unpaired question")
     return "\n".join(lines) + "\n"
 
 

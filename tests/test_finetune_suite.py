@@ -20,6 +20,7 @@ import pytest
 
 from benchmarks.glue_data import write_glue_folder
 from core.errors import UserError
+from dataset.tasks.format import read_task_metadata
 from pretrain import launch
 from tests.helpers import REPO, TINY_BERT, compose_config, make_mlm_dataset, write_wordpiece_vocab
 from training.metrics import read_metrics
@@ -71,6 +72,7 @@ def test_suite_scores_every_glue_task_writes_predictions_and_reruns_nothing(star
             lines = (run_dir / "predictions" / f"{dev_set}.tsv").read_text().splitlines()
             assert lines[0] == "index\tprediction" and len(lines) == 1 + 8
     assert (out / "runs/mnli/lr0.001-seed0/predictions/dev_mismatched.tsv").is_file()
+    assert read_task_metadata(out / "data" / "qqp").num_examples["train"] == 16  # the short line is skipped
     cola = (out / "runs/cola/lr0.001-seed0/predictions/dev.tsv").read_text().splitlines()[1:]
     assert {line.split("\t")[1] for line in cola} <= {"0", "1"}
 

@@ -41,6 +41,8 @@ class TaskSpec:
     labels: tuple[str, ...] = ()
     """Class names in id order (class 1 is F1's positive class); empty for regression."""
     header: bool = True
+    skip_short_lines: bool = False
+    """Skip lines with too few columns, as every GLUE reader does for QQP's few malformed ones."""
     metrics: tuple[str, ...] = ()
     """`<set>/<metric>` keys of the evaluation log that the task reports, in print order."""
     percent: bool = True
@@ -64,7 +66,8 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in [
     _glue("sst2", "SST-2", ["sentence"], "label", ["0", "1"], ["dev/accuracy"]),
     _glue("mrpc", "MRPC", ["#1 String", "#2 String"], "Quality", ["0", "1"], ["dev/f1", "dev/accuracy"]),
     _glue("stsb", "STS-B", ["sentence1", "sentence2"], "score", [], ["dev/pearson", "dev/spearman"]),
-    _glue("qqp", "QQP", ["question1", "question2"], "is_duplicate", ["0", "1"], ["dev/f1", "dev/accuracy"]),
+    _glue("qqp", "QQP", ["question1", "question2"], "is_duplicate", ["0", "1"], ["dev/f1", "dev/accuracy"],
+          skip_short_lines=True),
     _glue("mnli", "MNLI", ["sentence1", "sentence2"], "gold_label", ["contradiction", "entailment", "neutral"],
           ["dev_matched/accuracy", "dev_mismatched/accuracy"], dev_sets=("dev_matched", "dev_mismatched")),
     _glue("qnli", "QNLI", ["question", "sentence"], "label", ["entailment", "not_entailment"], ["dev/accuracy"]),
@@ -147,4 +150,6 @@ def builder_flags(spec: TaskSpec, files: TaskFiles, max_seq_length: int) -> list
                   "--label-type", "regression"]
     if not spec.header:
         flags.append("--no-header")
+    if spec.skip_short_lines:
+        flags.append("--skip-short-lines")
     return flags
