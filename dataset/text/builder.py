@@ -316,6 +316,7 @@ def write_dataset(options: MLMBuildOptions, files: list[Path], choice: Tokenizer
         num_sequences={split: writer.num_sequences for split, writer in writers.items()},
         num_tokens={split: writer.num_tokens for split, writer in writers.items()},
         shards={split: writer.names for split, writer in writers.items()},
+        shard_rows={split: writer.shard_rows for split, writer in writers.items()},
         dtype=np.dtype(dtype).name, packing=options.packing, dedup=options.dedup,
     )  # fmt: skip
     metadata.report = stats.counter.report(metadata, stats.reader.counters, stats.deduplicator)

@@ -135,6 +135,9 @@ class MLMDatasetMetadata(TokenizerFields, _MaskingFields, TokenIdFields):
     shards: dict[str, list[str]]
     """Shard file names per split, relative to `<root>/<split>/` (as stored on disk); after
     `load_mlm_metadata` they are paths `<root>/<split>/<name>`."""
+    shard_rows: dict[str, list[int]] | None = None
+    """Sequences in each shard of `shards`, per split: the loader sizes the row space from
+    these without opening a shard (None for datasets built before they were stored)."""
     dtype: str
     """Storage type of the token ids: `uint16` when the vocabulary fits, else `int32`."""
     packing: str = "documents"
@@ -196,7 +199,16 @@ def load_mlm_metadata(paths: list[str]) -> MLMDatasetMetadata:
         split: [str(Path(path) / split / name) for path, m in zip(paths, metadatas) for name in m.shards.get(split, [])]
         for split in SPLITS
     }
+    merged.shard_rows = _merged_shard_rows(metadatas)
     return merged
+
+
+def _merged_shard_rows(metadatas: list[MLMDatasetMetadata]) -> dict[str, list[int]] | None:
+    """The per-shard row counts of folders read together, in folder order; None when one
+    of them does not store them."""
+    if any(m.shard_rows is None for m in metadatas):
+        return None
+    return {split: [rows for m in metadatas for rows in m.shard_rows.get(split, [])] for split in SPLITS}
 
 
 class ShardWriter:
@@ -214,6 +226,7 @@ class ShardWriter:
         self.nsp_labels = np.zeros(self.shard_size, dtype=np.int8)  # (S,)
         self.rows = 0
         self.names: list[str] = []
+        self.shard_rows: list[int] = []
         self.num_sequences = self.num_tokens = 0
 
     def add(self, segment_a: np.ndarray, segment_b: np.ndarray | None = None, label: int = IGNORE_LABEL_ID) -> None:
@@ -247,6 +260,7 @@ class ShardWriter:
             np.save(self.folder / f"{name}.masked.npy", masked)
             np.save(self.folder / f"{name}.labels.npy", labels)
         self.names.append(f"{name}.npy")
+        self.shard_rows.append(self.rows)
         self.num_sequences += self.rows
         self.ids.fill(self.pad_id)
         self.rows = 0

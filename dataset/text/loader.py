@@ -37,35 +37,58 @@ def _companion(shard: Path, kind: str) -> Path:
     return shard.with_name(shard.name[: -len(".npy")] + f".{kind}.npy")
 
 
+class _LazyShards:
+    """The shards of one stored array (ids, nsp, masked or labels) of a split, each
+    memory-mapped on first use and checked against its expected shape then: start-up
+    opens no shard, however many there are."""
+
+    def __init__(self, paths: list[Path], row_shape: tuple[int, ...], rows: list[int] | None):
+        self.paths, self.row_shape, self.rows = paths, row_shape, rows
+        self._open: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if index not in self._open:
+            path = self.paths[index]
+            array = open_npy(path)
+            expected = None if self.rows is None else self.rows[index]
+            if array.shape[1:] != self.row_shape or (expected is not None and len(array) != expected):
+                raise UserError(f"{path} has shape {array.shape}, not ({expected or 'n'}, *{self.row_shape}); "
+                                "rebuild the dataset")
+            self._open[index] = array
+        return self._open[index]
+
+
 class _SplitShards:
-    """The memory-mapped shards of one split of one or more datasets, as one row space."""
+    """The memory-mapped shards of one split of one or more datasets, as one row space.
+
+    The rows of each shard come from dataset.json (`shard_rows`); datasets built before it
+    stored them have their id shards opened here to count them."""
 
     def __init__(self, metadata: MLMDatasetMetadata, split: str):
         self.metadata = metadata
-        self.ids, self.nsp, self.masked, self.labels = [], [], [], []
-        for name in metadata.shards[split]:
-            shard = Path(name)
-            self.ids.append(self._open(shard, (metadata.seq_len,)))
-            rows = len(self.ids[-1])
-            if metadata.nsp:
-                self.nsp.append(self._open(_companion(shard, "nsp"), (), rows))
-            if metadata.static_masking:
-                self.masked.append(self._open(_companion(shard, "masked"), (metadata.seq_len,), rows))
-                self.labels.append(self._open(_companion(shard, "labels"), (metadata.seq_len,), rows))
-        self.starts = np.cumsum([0] + [len(ids) for ids in self.ids])  # (num_shards + 1,)
+        shards = [Path(name) for name in metadata.shards[split]]
+        shard_rows = None if metadata.shard_rows is None else metadata.shard_rows[split]
+        self.ids = _LazyShards(shards, (metadata.seq_len,), shard_rows)
+        if shard_rows is None:
+            shard_rows = [len(self.ids[index]) for index in range(len(shards))]
+        rows_of = shard_rows if len(shard_rows) == len(shards) else None
+        self.ids.rows = rows_of
+        companions = {"nsp": ((), metadata.nsp), "masked": ((metadata.seq_len,), metadata.static_masking),
+                      "labels": ((metadata.seq_len,), metadata.static_masking)}  # fmt: skip
+        self.nsp, self.masked, self.labels = (
+            _LazyShards([_companion(shard, kind) for shard in shards] if present else [], shape, rows_of)
+            for kind, (shape, present) in companions.items()
+        )
+        self.starts = np.cumsum([0] + list(shard_rows))  # (num_shards + 1,)
         self.num_rows = int(self.starts[-1])
-        if self.num_rows != metadata.num_sequences[split]:
+        if rows_of is None or self.num_rows != metadata.num_sequences[split]:
             raise UserError(
-                f"{split} shards hold {self.num_rows} sequences, dataset.json says "
-                f"{metadata.num_sequences[split]}; the dataset is damaged, rebuild it"
+                f"{split} shards hold {self.num_rows} sequences in {len(shard_rows)} shards, dataset.json says "
+                f"{metadata.num_sequences[split]} in {len(shards)}; the dataset is damaged, rebuild it"
             )
-
-    @staticmethod
-    def _open(path: Path, row_shape: tuple[int, ...], rows: int | None = None) -> np.ndarray:
-        array = open_npy(path)
-        if array.shape[1:] != row_shape or (rows is not None and len(array) != rows):
-            raise UserError(f"{path} has shape {array.shape}, not (n, *{row_shape}); rebuild the dataset")
-        return array
 
     def take(
         self, rows: np.ndarray, keys: tuple[str, ...] = ("ids", "nsp", "masked", "labels")
@@ -77,12 +100,12 @@ class _SplitShards:
         out = {}
         for key in keys:
             shards = arrays[key]
-            if not shards:
+            if not len(shards):
                 continue
-            result = np.empty((len(rows),) + shards[0].shape[1:], dtype=np.int64)
+            result = np.empty((len(rows),) + shards.row_shape, dtype=np.int64)
             for shard in np.unique(shard_of_row):
                 in_shard = shard_of_row == shard
-                result[in_shard] = shards[shard][rows[in_shard] - self.starts[shard]]
+                result[in_shard] = shards[int(shard)][rows[in_shard] - self.starts[shard]]
             out[key] = result
         return out
 
