@@ -94,6 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-field", default="text", help="the text's JSON field or parquet column")
     parser.add_argument("--dedup", choices=DEDUP_MODES, default="documents",
                         help="remove exact repeats of documents or paragraphs before the split")
+    parser.add_argument("--part", type=int, default=0,
+                        help="which slice of the inputs to build, 0 to --num-parts - 1 (e.g. $SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--num-parts", type=int, default=1,
+                        help="cut the inputs into this many slices of equal bytes, one job each (needs --tokenizer PATH)")
     parser.add_argument("--packing", choices=PACKINGS, default=None,
                         help="full: documents concatenated, [SEP] between; documents (default): one "
                              "document per sequence")

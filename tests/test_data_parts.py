@@ -9,9 +9,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pretrain import launch
-from tests.helpers import TINY_BERT, compose_config, make_mlm_dataset
+from tests.helpers import TINY_BERT, compose_config, make_mlm_dataset, step_values
+from training.metrics import read_metrics
 
 NUM_SHARDS = 10_000
 
@@ -52,3 +54,104 @@ def test_ten_thousand_shards_start_without_opening_them(tmp_path, monkeypatch):
     assert 0 < len(train_shards) <= 8, opened
     assert sum(opened[name] for name in train_shards) <= 3 * 8, opened
     assert opened["dataset.json"] <= 4, opened  # metadata, model sizing, the stream, the checkpoint's copy
+
+
+WORDS = "the cat dog sat on a mat ran fast slow big small red blue green tree house".split()
+
+
+def _write_corpus(folder: Path, num_files: int = 5, documents_per_file: int = 12, seed: int = 0) -> list[Path]:
+    """Text files of documents (blank-line separated) of different sizes."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    files = []
+    for index in range(num_files):
+        documents = ["\n".join(" ".join(rng.choice(WORDS, size=rng.integers(3, 9))) for _ in range(rng.integers(1, 5)))
+                     for _ in range(documents_per_file + index)]
+        files.append(folder / f"text_{index:02d}.txt")
+        files[-1].write_text("\n\n".join(documents) + "\n", encoding="utf-8")
+    return files
+
+
+def _build(files: list[Path], output: Path, tokenizer: str = "whitespace", test_split: float = 0.5, **options) -> Path:
+    from dataset.text.builder import MLMBuildOptions, build_mlm_dataset
+
+    vocab = {"vocab_size": 40} if tokenizer == "whitespace" else {}
+    build_mlm_dataset(MLMBuildOptions(input_files=[str(f) for f in files], output_dir=str(output), tokenizer=tokenizer,
+                                      max_seq_length=16, test_split=test_split, shard_size=7, **vocab, **options))
+    return output
+
+
+def _rows(folder: Path, split: str) -> np.ndarray:
+    """The stored token ids of a split, in row order (all shards)."""
+    names = json.loads((folder / "dataset.json").read_text())["shards"][split]
+    return np.concatenate([np.load(folder / split / name) for name in names] or [np.zeros((0, 16), np.uint16)])
+
+
+def _tokenizer_and_whole(tmp_path: Path, files: list[Path], **options) -> tuple[str, Path]:
+    """A tokenizer (from a build of the first file) and one build of all files with it."""
+    tokenizer = str(_build(files[:1], tmp_path / "first") / "tokenizer")
+    return tokenizer, _build(files, tmp_path / "whole", tokenizer, **options)
+
+
+def test_parts_by_bytes_hold_the_documents_of_one_build(tmp_path):
+    files = _write_corpus(tmp_path / "corpus")
+    tokenizer, whole = _tokenizer_and_whole(tmp_path, files, dedup="none")
+    parts = [_build(files, tmp_path / "parts" / f"part_{i}", tokenizer, dedup="none", part=i, num_parts=4)
+             for i in range(4)]
+    documents = [json.loads((part / "dataset.json").read_text())["num_documents"] for part in parts]
+    assert all(d["train"] > 0 for d in documents)  # the bytes are cut into four non-empty slices
+    for split in ("train", "test"):
+        # Parts read in order are the one build's rows, in its order.
+        np.testing.assert_array_equal(np.concatenate([_rows(part, split) for part in parts]), _rows(whole, split))
+
+
+def test_part_options_are_checked(tmp_path):
+    from core.errors import UserError
+    from dataset.text.builder import MLMBuildOptions
+
+    files = _write_corpus(tmp_path / "corpus", num_files=1)
+    for options, message in (({"part": 3, "num_parts": 3}, "--part from 0 to 2"),
+                             ({"part": 0, "num_parts": 2}, "needs one tokenizer")):
+        try:
+            MLMBuildOptions(input_files=[str(files[0])], output_dir=str(tmp_path / "out"), **options).check()
+        except UserError as error:
+            assert message in str(error)
+        else:
+            raise AssertionError(f"{options} accepted")
+
+
+RUN = TINY_BERT + ["arch.hidden_dropout_prob=0", "arch.attention_dropout_prob=0", "global_batch_size=8",
+                   "epochs=2", "eval_interval=2", "lr=1e-3"]
+
+
+def _train_losses(data_paths: str, run_dir: Path, *extra: str) -> dict[int, float]:
+    launch(compose_config(RUN + [f"data_paths={data_paths}", f"+checkpoint_path={run_dir}", *extra]))
+    return step_values(read_metrics(run_dir), "train/mlm_loss")
+
+
+def test_a_folder_or_glob_of_parts_trains_as_one_dataset_and_resumes_exactly(tmp_path):
+    files = _write_corpus(tmp_path / "corpus")
+    tokenizer = str(_build(files[:1], tmp_path / "first") / "tokenizer")
+    parts = [_build(files, tmp_path / "parts" / f"part_{i}", tokenizer, part=i, num_parts=3) for i in range(3)]
+    listed = _train_losses(f"[{','.join(map(str, parts))}]", tmp_path / "listed")
+    folder = _train_losses(f"[{tmp_path / 'parts'}]", tmp_path / "folder")
+    assert len(listed) > 6 and folder == listed  # the folder's parts, in name order: one global order
+    _train_losses(f"[{tmp_path / 'parts'}/part_*]", tmp_path / "glob", "max_steps=5")
+    resumed = _train_losses(f"[{tmp_path / 'parts'}/part_*]", tmp_path / "glob", f"+load_checkpoint={tmp_path / 'glob'}")
+    for step in range(6, max(listed) + 1):
+        assert resumed[step] == pytest.approx(listed[step], abs=1e-6), step
+
+
+def test_data_paths_entries_resolve_to_dataset_folders(tmp_path):
+    from core.errors import UserError
+    from dataset.text.format import resolve_mlm_paths
+
+    for name in ("b", "a", "c"):
+        (tmp_path / "parts" / name).mkdir(parents=True)
+        (tmp_path / "parts" / name / "dataset.json").write_text("{}")
+    (tmp_path / "parts" / "notes").mkdir()  # not a dataset: left out
+    parts = [str(tmp_path / "parts" / name) for name in "abc"]
+    assert resolve_mlm_paths([str(tmp_path / "parts")]) == parts
+    assert resolve_mlm_paths([str(tmp_path / "parts" / "[ab]"), parts[2]]) == parts
+    with pytest.raises(UserError, match="matches no dataset folder"):
+        resolve_mlm_paths([str(tmp_path / "parts" / "x*")])

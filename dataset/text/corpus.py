@@ -252,11 +252,26 @@ class CorpusReader:
     def documents(self) -> Iterator[list[str]]:
         """Every document of every file, in file order."""
         for path in self.files:
-            kind = detect_format(path)
-            self.counters.files_by_format[kind] = self.counters.files_by_format.get(kind, 0) + 1
-            for document in FORMATS[kind].read(self, path):
-                self.counters.documents += 1
-                yield document
+            yield from self._file_documents(path)
+
+    def _file_documents(self, path: Path) -> Iterator[list[str]]:
+        kind = detect_format(path)
+        self.counters.files_by_format[kind] = self.counters.files_by_format.get(kind, 0) + 1
+        for document in FORMATS[kind].read(self, path):
+            self.counters.documents += 1
+            yield document
+
+    def documents_with_offsets(self, file_offsets: list[int]) -> Iterator[tuple[int, list[str]]]:
+        """(where it starts, document) for every document, in file order. A file's first
+        document starts at the file's entry of `file_offsets`; a later one at that plus the
+        file's bytes on disk consumed when the document before it was complete. Offsets are
+        a function of the file's content alone, and never decrease within a file."""
+        for path, file_offset in zip(self.files, file_offsets):
+            before = self.counters.bytes_on_disk
+            start = file_offset
+            for document in self._file_documents(path):
+                yield start, document
+                start = file_offset + self.counters.bytes_on_disk - before
 
     def _paragraphs(self, text: str) -> Iterator[list[str]]:
         """The normalised lines of one row's text, in pieces of at most `MAX_DOCUMENT_LINES`."""

@@ -14,6 +14,7 @@ with `<split>` in {train, test}. Every sequence is `[CLS] A [SEP]` or `[CLS] A [
 
 from __future__ import annotations
 
+import glob
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -164,6 +165,27 @@ def read_mlm_metadata(path: str | Path) -> MLMDatasetMetadata:
     except (json.JSONDecodeError, ValidationError) as error:
         first = str(error).splitlines()[0]
         raise UserError(f"{file} is not MLM dataset metadata ({first}); {BUILDER_HINT}") from None
+
+
+def resolve_mlm_paths(paths: list[str]) -> list[str]:
+    """The dataset folders that `data_paths` names, in one fixed order. An entry is a
+    dataset folder (it has a dataset.json), a folder of parts (no dataset.json of its own:
+    its sub-folders that have one, sorted by name) or a glob (the matching dataset folders,
+    sorted). Parts read together are one dataset: their rows follow each other in this order."""
+    resolved = []
+    for entry in paths:
+        if glob.has_magic(entry):
+            found = sorted(match for match in glob.glob(entry) if (Path(match) / "dataset.json").is_file())
+            if not found:
+                raise UserError(f"data_paths entry {entry} matches no dataset folder (none with a dataset.json); "
+                                "check the pattern")
+            resolved += found
+        elif Path(entry).is_dir() and not (Path(entry) / "dataset.json").is_file():
+            parts = sorted(str(sub) for sub in Path(entry).iterdir() if (sub / "dataset.json").is_file())
+            resolved += parts or [entry]  # no parts either: read_mlm_metadata says what is wrong
+        else:
+            resolved.append(entry)
+    return resolved
 
 
 _SHARED_FIELDS = (
