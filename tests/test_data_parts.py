@@ -59,14 +59,19 @@ def test_ten_thousand_shards_start_without_opening_them(tmp_path, monkeypatch):
 WORDS = "the cat dog sat on a mat ran fast slow big small red blue green tree house".split()
 
 
-def _write_corpus(folder: Path, num_files: int = 5, documents_per_file: int = 12, seed: int = 0) -> list[Path]:
-    """Text files of documents (blank-line separated) of different sizes."""
+def _write_corpus(folder: Path, num_files: int = 5, documents_per_file: int = 12, seed: int = 0,
+                  repeats: int = 0) -> list[Path]:
+    """Text files of documents (blank-line separated) of different sizes; with `repeats`,
+    each file after the first also repeats that many documents of the files before it."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
-    files = []
+    files, earlier = [], []
     for index in range(num_files):
         documents = ["\n".join(" ".join(rng.choice(WORDS, size=rng.integers(3, 9))) for _ in range(rng.integers(1, 5)))
                      for _ in range(documents_per_file + index)]
+        copies = [earlier[i] for i in rng.choice(len(earlier), size=repeats)] if earlier else []
+        earlier += documents
+        documents = documents[:3] + copies + documents[3:]
         files.append(folder / f"text_{index:02d}.txt")
         files[-1].write_text("\n\n".join(documents) + "\n", encoding="utf-8")
     return files
@@ -155,3 +160,37 @@ def test_data_paths_entries_resolve_to_dataset_folders(tmp_path):
     assert resolve_mlm_paths([str(tmp_path / "parts" / "[ab]"), parts[2]]) == parts
     with pytest.raises(UserError, match="matches no dataset folder"):
         resolve_mlm_paths([str(tmp_path / "parts" / "x*")])
+
+
+def test_parts_less_their_repeats_equal_one_deduplicated_build(tmp_path, capsys):
+    from dataset.exclude_duplicate_documents import main as exclude
+    from dataset.text.format import load_mlm_metadata, resolve_mlm_paths
+    from dataset.text.loader import _SplitShards
+
+    files = _write_corpus(tmp_path / "corpus", repeats=3)
+    tokenizer, whole = _tokenizer_and_whole(tmp_path, files)  # --dedup documents, the default
+    parts = [_build(files, tmp_path / "parts" / f"part_{i}", tokenizer, part=i, num_parts=4) for i in range(4)]
+    stored = sum(len(_rows(part, split)) for part in parts for split in ("train", "test"))
+    assert stored > sum(len(_rows(whole, split)) for split in ("train", "test"))  # repeats across parts
+    capsys.readouterr()
+    exclude([str(tmp_path / "parts")])
+    assert "repeated documents" in capsys.readouterr().out
+    metadata = load_mlm_metadata(resolve_mlm_paths([str(tmp_path / "parts")]))
+    for split in ("train", "test"):
+        served = _SplitShards(metadata, split)
+        # The same documents, in the same order, hence the same sequences row for row.
+        ids = served.take(np.arange(served.num_rows), ("ids",))["ids"]
+        np.testing.assert_array_equal(ids, _rows(whole, split))
+        kept_keys = np.concatenate([
+            np.delete(np.load(part / split / "documents.npy")["key"], _excluded_documents(part, split))
+            for part in parts
+        ])
+        np.testing.assert_array_equal(kept_keys, np.load(whole / split / "documents.npy")["key"])
+
+
+def _excluded_documents(part: Path, split: str) -> np.ndarray:
+    """Indices of the documents of a part's split whose rows are all excluded."""
+    records = np.load(part / split / "documents.npy")
+    excluded = set(np.load(part / split / "excluded_rows.npy").tolist())
+    return np.array([i for i, r in enumerate(records) if set(range(r["first_row"], r["first_row"] + r["num_rows"])) <= excluded],
+                    dtype=np.int64)

@@ -26,8 +26,8 @@ from tqdm import tqdm
 from core.errors import UserError
 from core.files import atomic_folder, write_json, write_text
 from dataset.text import corpus as text_corpus
-from dataset.text.corpus import CorpusReader, Deduplicator, document_fraction, expand_input_files
-from dataset.text.format import SPLITS, MLMDatasetMetadata, ShardWriter
+from dataset.text.corpus import CorpusReader, Deduplicator, document_fraction, document_key, expand_input_files
+from dataset.text.format import SPLITS, DocumentIndexWriter, MLMDatasetMetadata, ShardWriter
 from dataset.text.masking import Masker
 from dataset.text.packing import PACKINGS, FullPacker, PairMaker, pack_lines
 from dataset.text.report import ReportCounter, render_report
@@ -296,13 +296,8 @@ def write_shards(
         ReportCounter(continuation, choice.special_ids["[UNK]"]),
     )  # fmt: skip
     reader = stats.reader
-    pair_maker = PairMaker(options.seed, continuation) if options.nsp else None
-    packers = {}
-    if options.packing == "full":
-        packers = {split: FullPacker(writers[split], options.max_seq_length - 2, choice.special_ids["[SEP]"])
-                   for split in SPLITS}  # fmt: skip
-    capacity = (options.max_seq_length - 3) // 2 if options.nsp else options.max_seq_length - 2
-    chunks = _chunks(stats.deduplicator.filter(part_documents(reader, options)), options)
+    sink = _DocumentSink(options, writers, choice.special_ids["[SEP]"], continuation)
+    chunks = _chunks(sink.keyed(stats.deduplicator.filter(part_documents(reader, options))), options)
     with tqdm(total=reader.total_bytes(), unit="B", unit_scale=True, desc="building", disable=None) as bar:
         for chunk in tokenized_chunks(chunks, choice.tokenizer, options.num_workers):
             tokens = chunk.tokens
@@ -310,22 +305,59 @@ def write_shards(
                               tokens.unknown_characters)  # fmt: skip
             for split, lines in chunk.documents():
                 stats.num_documents[split] += 1
-                if packers:
-                    packers[split].add(lines)
-                elif pair_maker is None:
-                    for segment in pack_lines(lines, capacity):
-                        writers[split].add(segment)
-                else:
-                    line_lengths = [len(line) for line in lines]
-                    for segment_a, segment_b, label in pair_maker.pairs(pack_lines(lines, capacity), line_lengths, split):
-                        writers[split].add(segment_a, segment_b, label)
+                sink.add(split, lines)
             bar.update(reader.counters.bytes_on_disk - bar.n)
-    for packer in packers.values():
-        packer.finish()
-    for writer in writers.values():
-        writer.flush()
+    sink.finish()
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+class _DocumentSink:
+    """Packs each tokenised document into its split's writer and, with `--packing
+    documents`, records its key and rows in `<split>/documents.npy` (`DocumentIndexWriter`)."""
+
+    def __init__(self, options: MLMBuildOptions, writers: dict[str, ShardWriter], sep_id: int, continuation: np.ndarray):
+        self.writers = writers
+        self.pair_maker = PairMaker(options.seed, continuation) if options.nsp else None
+        self.packers = {}
+        if options.packing == "full":
+            self.packers = {split: FullPacker(writers[split], options.max_seq_length - 2, sep_id) for split in SPLITS}
+        self.capacity = (options.max_seq_length - 3) // 2 if options.nsp else options.max_seq_length - 2
+        # A fully packed row mixes documents: no row belongs to one, so none is indexed.
+        self.indexes = {} if self.packers else {split: DocumentIndexWriter(writers[split].folder) for split in SPLITS}
+        self.keys: deque[int] = deque()  # keys of the documents read but not yet written, in order
+
+    def keyed(self, documents: Iterator[list[str]]) -> Iterator[list[str]]:
+        """`documents`, noting each one's key (`document_key`) on the way for `add`."""
+        for document in documents:
+            if self.indexes:
+                self.keys.append(document_key(document))
+            yield document
+
+    def add(self, split: str, lines: list[np.ndarray]) -> None:
+        """Write one document (the token ids of its lines) into `split`."""
+        writer = self.writers[split]
+        first_row = writer.num_sequences + writer.rows
+        if self.packers:
+            self.packers[split].add(lines)
+        elif self.pair_maker is None:
+            for segment in pack_lines(lines, self.capacity):
+                writer.add(segment)
+        else:
+            line_lengths = [len(line) for line in lines]
+            for segment_a, segment_b, label in self.pair_maker.pairs(pack_lines(lines, self.capacity), line_lengths, split):
+                writer.add(segment_a, segment_b, label)
+        if self.indexes:
+            self.indexes[split].add(self.keys.popleft(), first_row, writer.num_sequences + writer.rows - first_row)
+
+    def finish(self) -> None:
+        """Write what the packers and writers still hold, and the document indexes."""
+        for packer in self.packers.values():
+            packer.finish()
+        for writer in self.writers.values():
+            writer.flush()
+        for index in self.indexes.values():
+            index.close()
 
 
 def write_dataset(options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, folder: Path) -> MLMDatasetMetadata:

@@ -487,6 +487,12 @@ def _digest(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
+def document_key(document: list[str]) -> int:
+    """The 64-bit key of a document's text: what `--dedup documents` compares, and what a
+    dataset stores per document (`documents.npy`) to de-duplicate across parts."""
+    return _digest("\n".join(document))
+
+
 class Deduplicator:
     """Drops exact repeats, after normalisation, of whole documents or of paragraphs (lines).
 
@@ -508,7 +514,7 @@ class Deduplicator:
         """The documents that remain, in order."""
         for document in documents:
             if self.mode == "documents":
-                key = _digest("\n".join(document))
+                key = document_key(document)
                 if key in self.seen:
                     self.removed_documents += 1
                     continue

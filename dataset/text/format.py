@@ -8,6 +8,9 @@ and its writer (`ShardWriter`):
     <root>/<split>/shard_00000.nsp.npy      int8 [n], 0 = B follows A, 1 = B is random (NSP datasets)
     <root>/<split>/shard_00000.masked.npy   ids after the build-time mask (static masking only)
     <root>/<split>/shard_00000.labels.npy   int32 [n, seq_len], original id or -100 (static masking only)
+    <root>/<split>/documents.npy            `DOCUMENT_RECORD` [documents]: key, first row, rows (--packing documents)
+    <root>/<split>/excluded_rows.npy        int64 [k], sorted: rows the loader skips (written by
+                                            dataset/exclude_duplicate_documents.py, optional)
 
 with `<split>` in {train, test}. Every sequence is `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -231,6 +235,46 @@ def _merged_shard_rows(metadatas: list[MLMDatasetMetadata]) -> dict[str, list[in
     if any(m.shard_rows is None for m in metadatas):
         return None
     return {split: [rows for m in metadatas for rows in m.shard_rows.get(split, [])] for split in SPLITS}
+
+
+DOCUMENT_RECORD = np.dtype([("key", "<u8"), ("first_row", "<i8"), ("num_rows", "<i8")])
+"""One document of a split: its `dataset.text.corpus.document_key` and its rows."""
+DOCUMENTS_FILE = "documents.npy"
+EXCLUDED_ROWS_FILE = "excluded_rows.npy"
+DOCUMENT_BUFFER = 1 << 16
+"""Document records held in memory before they are appended to disk."""
+
+
+class DocumentIndexWriter:
+    """Writes `<split>/documents.npy`, one `DOCUMENT_RECORD` per document in row order;
+    records are appended to a scratch file as they come, so memory stays bounded."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / DOCUMENTS_FILE
+        self._scratch = folder / "documents.records"
+        self._file = open(self._scratch, "wb")  # noqa: SIM115 - closed by close()
+        self._buffer: list[tuple[int, int, int]] = []
+        self.count = 0
+
+    def add(self, key: int, first_row: int, num_rows: int) -> None:
+        self._buffer.append((key, first_row, num_rows))
+        if len(self._buffer) >= DOCUMENT_BUFFER:
+            self._spill()
+
+    def _spill(self) -> None:
+        np.array(self._buffer, dtype=DOCUMENT_RECORD).tofile(self._file)
+        self.count += len(self._buffer)
+        self._buffer.clear()
+
+    def close(self) -> None:
+        """Write the `.npy` file (header, then the records) and remove the scratch file."""
+        self._spill()
+        self._file.close()
+        header = {"descr": np.lib.format.dtype_to_descr(DOCUMENT_RECORD), "fortran_order": False, "shape": (self.count,)}
+        with open(self.path, "wb") as out, open(self._scratch, "rb") as records:
+            np.lib.format.write_array_header_1_0(out, header)
+            shutil.copyfileobj(records, out)
+        self._scratch.unlink()
 
 
 class ShardWriter:

@@ -11,6 +11,7 @@ of the current batch are read.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from core.batching import rank_rows
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError
 from dataset.stream import Batch, EpochOrder, EvalBatches, open_npy, seeded_rng, trimmed_width
-from dataset.text.format import MLMDatasetMetadata, load_mlm_metadata
+from dataset.text.format import EXCLUDED_ROWS_FILE, MLMDatasetMetadata, load_mlm_metadata
 from dataset.text.masking import Masker, MaskingConfig, build_masker
 
 TRAIN_MASK_STREAM_KEY = 7
@@ -83,18 +84,27 @@ class _SplitShards:
             for kind, (shape, present) in companions.items()
         )
         self.starts = np.cumsum([0] + list(shard_rows))  # (num_shards + 1,)
-        self.num_rows = int(self.starts[-1])
-        if rows_of is None or self.num_rows != metadata.num_sequences[split]:
+        num_stored = int(self.starts[-1])
+        if rows_of is None or num_stored != metadata.num_sequences[split]:
             raise UserError(
-                f"{split} shards hold {self.num_rows} sequences in {len(shard_rows)} shards, dataset.json says "
+                f"{split} shards hold {num_stored} sequences in {len(shard_rows)} shards, dataset.json says "
                 f"{metadata.num_sequences[split]} in {len(shards)}; the dataset is damaged, rebuild it"
             )
+        excluded = _excluded_rows(shards, self.starts)  # (k,) sorted stored rows to skip
+        self._skips_before = excluded - np.arange(len(excluded))  # (k,) kept rows before each skipped one
+        self.num_rows = num_stored - len(excluded)
+        """Rows served: the stored rows less the excluded ones (`dataset.text.parts`)."""
+
+    def stored_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Stored row of each served row: the k-th served row is the k-th row not excluded."""
+        return rows + np.searchsorted(self._skips_before, rows, side="right")
 
     def take(
         self, rows: np.ndarray, keys: tuple[str, ...] = ("ids", "nsp", "masked", "labels")
     ) -> dict[str, np.ndarray]:
         """Rows (global indices) of the stored arrays among `keys` that exist: ids, and
         nsp/masked/labels when present."""
+        rows = self.stored_rows(rows)
         shard_of_row = np.searchsorted(self.starts, rows, side="right") - 1  # (n,)
         arrays = {"ids": self.ids, "nsp": self.nsp, "masked": self.masked, "labels": self.labels}
         out = {}
@@ -108,6 +118,24 @@ class _SplitShards:
                 result[in_shard] = shards[int(shard)][rows[in_shard] - self.starts[shard]]
             out[key] = result
         return out
+
+
+def _excluded_rows(shards: list[Path], starts: np.ndarray) -> np.ndarray:
+    """The rows (in the row space of `shards`) listed by the `excluded_rows.npy` of each
+    dataset folder's split, sorted; one small file per folder at most is read."""
+    excluded, first = [], 0
+    for folder, group in itertools.groupby(shard.parent for shard in shards):
+        stop = first + len(list(group))
+        path = folder / EXCLUDED_ROWS_FILE
+        if path.is_file():
+            rows = np.asarray(open_npy(path), dtype=np.int64)
+            num_rows = int(starts[stop] - starts[first])
+            if len(rows) and (rows.min() < 0 or rows.max() >= num_rows):
+                raise UserError(f"{path} lists rows outside the {num_rows} of {folder}; rerun "
+                                "dataset/exclude_duplicate_documents.py on the parts")
+            excluded.append(starts[first] + rows)
+        first = stop
+    return np.unique(np.concatenate(excluded)) if excluded else np.zeros(0, dtype=np.int64)
 
 
 def _model_batch(
