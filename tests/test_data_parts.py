@@ -154,6 +154,9 @@ def test_data_paths_entries_resolve_to_dataset_folders(tmp_path):
     for name in ("b", "a", "c"):
         (tmp_path / "parts" / name).mkdir(parents=True)
         (tmp_path / "parts" / name / "dataset.json").write_text("{}")
+        (tmp_path / "parts" / name / "tokenizer").mkdir()
+    (tmp_path / "parts" / ".d.tmp-1" / "tokenizer").mkdir(parents=True)  # a build being written
+    (tmp_path / "parts" / ".d.tmp-1" / "dataset.json").write_text("{}")
     (tmp_path / "parts" / "notes").mkdir()  # not a dataset: left out
     parts = [str(tmp_path / "parts" / name) for name in "abc"]
     assert resolve_mlm_paths([str(tmp_path / "parts")]) == parts
@@ -194,3 +197,18 @@ def _excluded_documents(part: Path, split: str) -> np.ndarray:
     excluded = set(np.load(part / split / "excluded_rows.npy").tolist())
     return np.array([i for i, r in enumerate(records) if set(range(r["first_row"], r["first_row"] + r["num_rows"])) <= excluded],
                     dtype=np.int64)
+
+
+def test_exclusions_refuse_parts_without_document_rows(tmp_path, capsys):
+    from dataset.build_text_mlm_dataset import main as build
+    from dataset.exclude_duplicate_documents import main as exclude
+    from tests.helpers import run_builder
+
+    files = _write_corpus(tmp_path / "corpus", num_files=2)
+    _build(files, tmp_path / "full", packing="full")
+    assert run_builder(exclude, tmp_path / "full") == 2
+    assert "--packing full" in capsys.readouterr().err
+    flags = ["--input-files", files[0], "--output-dir", tmp_path / "out", "--tokenizer", "whitespace"]
+    assert run_builder(build, *flags, "--part", 2, "--num-parts", 2) == 2
+    assert "--part from 0 to 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

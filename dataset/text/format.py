@@ -174,7 +174,7 @@ def read_mlm_metadata(path: str | Path) -> MLMDatasetMetadata:
 def resolve_mlm_paths(paths: list[str]) -> list[str]:
     """The dataset folders that `data_paths` names, in one fixed order. An entry is a
     dataset folder (it has a dataset.json), a folder of parts (no dataset.json of its own:
-    its sub-folders that have one, sorted by name) or a glob (the matching dataset folders,
+    its sub-folders that are MLM datasets, sorted by name, see `_is_part`) or a glob (the matching dataset folders,
     sorted). Parts read together are one dataset: their rows follow each other in this order."""
     resolved = []
     for entry in paths:
@@ -185,11 +185,18 @@ def resolve_mlm_paths(paths: list[str]) -> list[str]:
                                 "check the pattern")
             resolved += found
         elif Path(entry).is_dir() and not (Path(entry) / "dataset.json").is_file():
-            parts = sorted(str(sub) for sub in Path(entry).iterdir() if (sub / "dataset.json").is_file())
+            parts = sorted(str(sub) for sub in Path(entry).iterdir() if _is_part(sub))
             resolved += parts or [entry]  # no parts either: read_mlm_metadata says what is wrong
         else:
             resolved.append(entry)
     return resolved
+
+
+def _is_part(folder: Path) -> bool:
+    """Whether a sub-folder is a part of a folder of parts: an MLM dataset (a dataset.json
+    and a tokenizer/, unlike a puzzle dataset's split folders), not hidden (a build still
+    being written is a hidden folder beside its final name)."""
+    return not folder.name.startswith(".") and (folder / "dataset.json").is_file() and (folder / "tokenizer").is_dir()
 
 
 _SHARED_FIELDS = (
