@@ -30,7 +30,7 @@ from dataset.text.corpus import CorpusReader, Deduplicator, document_fraction, e
 from dataset.text.format import SPLITS, MLMDatasetMetadata, ShardWriter
 from dataset.text.masking import Masker
 from dataset.text.packing import PACKINGS, FullPacker, PairMaker, pack_lines
-from dataset.text.report import ReportCounter, render_report
+from dataset.text.report import ReportCounter, length_warnings, render_report
 from dataset.text.tokenizer import (
     SPECIAL_TOKENS,
     TokenizerChoice,
@@ -319,6 +319,7 @@ def write_dataset(options: MLMBuildOptions, files: list[Path], choice: Tokenizer
         dtype=np.dtype(dtype).name, packing=options.packing, dedup=options.dedup,
     )  # fmt: skip
     metadata.report = stats.counter.report(metadata, stats.reader.counters, stats.deduplicator)
+    metadata.report.warnings += length_warnings(metadata, folder / "train")
     write_json(folder / "dataset.json", metadata.model_dump())
     write_text(folder / "report.txt", render_report(metadata))
     _print_summary(metadata, stats, options)

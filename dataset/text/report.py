@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
+from dataset.stream import open_npy
 from dataset.text.corpus import Deduplicator, ReadCounters
 from dataset.text.format import SPLITS, CorpusReport, MLMDatasetMetadata
 
@@ -19,6 +21,15 @@ PIECES_PER_WORD_WARNING = 1.5
 """Pieces per word above which a bigger vocabulary is suggested (bert-base-uncased gives
 about 1.1-1.2 on English Wikipedia)."""
 NUM_UNKNOWN_CHARACTERS = 10
+PRESET_POSITIONS = 512
+"""Positions of the BERT presets (`arch.max_position_embeddings` in config/arch/bert.yaml):
+a longer `--max-seq-length` is refused at training start unless the run sets more."""
+LOW_FILL_WARNING = 0.5
+"""Share of the sequence positions holding tokens below which a shorter length is suggested."""
+GOOD_FILL = 0.9
+"""Fill rate the suggested `--max-seq-length` reaches (estimated from the built sequences)."""
+LENGTH_SAMPLE_ROWS = 16384
+"""Training sequences read back to estimate the fill of other lengths (bounded work)."""
 
 
 class ReportCounter:
@@ -90,6 +101,63 @@ def vocabulary_warnings(report: CorpusReport) -> list[str]:
             "a bigger --vocab-size, or a tokenizer made for this language, would fit better"
         )
     return warnings
+
+
+def sequence_lengths(metadata: MLMDatasetMetadata, train_folder: Path) -> np.ndarray:
+    """Tokens (specials included) of up to `LENGTH_SAMPLE_ROWS` training sequences, read
+    back from the shards in blocks (padding is only ever at the end of a row)."""
+    lengths = []
+    for name in metadata.shards["train"]:
+        shard = open_npy(train_folder / name)
+        for start in range(0, min(len(shard), LENGTH_SAMPLE_ROWS - sum(map(len, lengths))), 1024):
+            lengths.append((np.asarray(shard[start : start + 1024]) != metadata.pad_id).sum(axis=1))
+        if sum(map(len, lengths)) >= LENGTH_SAMPLE_ROWS:
+            break
+    return np.concatenate(lengths)[:LENGTH_SAMPLE_ROWS] if lengths else np.zeros(0, dtype=np.int64)
+
+
+def estimated_fill(lengths: np.ndarray, num_specials: int, max_seq_length: int) -> float:
+    """Fill rate of `lengths` (sequences built at a longer length) rebuilt at
+    `max_seq_length`: each one's text cut into as many rows as it needs, each row with its
+    `num_specials` special tokens (an estimate: the builder cuts at line ends)."""
+    text = np.maximum(lengths - num_specials, 1)  # (n,)
+    rows = -(-text // (max_seq_length - num_specials))  # (n,)
+    return float((text + num_specials * rows).sum() / max(1, rows.sum() * max_seq_length))
+
+
+def suggested_length(lengths: np.ndarray, num_specials: int, seq_len: int) -> tuple[int, float]:
+    """(the longest power of two from 32 to 512, below `seq_len`, whose estimated fill is at
+    least `GOOD_FILL`, else the best filled one; its estimated fill)."""
+    candidates = [2**power for power in range(5, 10) if 2**power < seq_len] or [seq_len]
+    fills = {length: estimated_fill(lengths, num_specials, length) for length in candidates}
+    good = [length for length in candidates if fills[length] >= GOOD_FILL]
+    best = max(good) if good else max(candidates, key=lambda length: fills[length])
+    return best, fills[best]
+
+
+def length_warnings(metadata: MLMDatasetMetadata, train_folder: Path) -> list[str]:
+    """One line when `--max-seq-length` is longer than the presets' positions or leaves most
+    positions empty, naming a better choice measured on the built sequences."""
+    fill = metadata.report.fill_rate.get("train", 1.0)
+    too_long = metadata.seq_len > PRESET_POSITIONS
+    if not too_long and fill >= LOW_FILL_WARNING:
+        return []
+    problems = []
+    if too_long:
+        problems.append(f"is longer than the {PRESET_POSITIONS} positions of the BERT presets (training refuses it "
+                        f"unless arch.max_position_embeddings>={metadata.seq_len})")
+    if fill < LOW_FILL_WARNING:
+        problems.append(f"leaves {1 - fill:.0%} of the positions as padding")
+    lengths = sequence_lengths(metadata, train_folder)
+    better, better_fill = suggested_length(lengths, 3 if metadata.nsp else 2, metadata.seq_len)
+    shorter = (f"--max-seq-length {better} (about {better_fill:.0%} of the positions filled, estimated from the "
+               f"built sequences)")
+    if better_fill >= GOOD_FILL or metadata.nsp or metadata.packing == "full":
+        advice = f"rebuild with {shorter}"
+    else:
+        advice = (f"the documents are short (median {int(np.median(lengths)) if len(lengths) else 0} tokens): "
+                  f"rebuild with --packing full (documents back to back, nearly every position filled) or {shorter}")
+    return [f"--max-seq-length {metadata.seq_len} {' and '.join(problems)}; {advice}"]
 
 
 def render_report(metadata: MLMDatasetMetadata, with_warnings: bool = True) -> str:
