@@ -15,6 +15,8 @@ checkpoints; a checkpoint is one `step_<N>` folder in it (`step_dir`).
 from __future__ import annotations
 
 import json
+import math
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -142,7 +144,11 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
     layout = BatchLayout.of(config.global_batch_size, dist.rank, dist.world_size, config.micro_batch_size)
     project, run_name, run_dir, step_dir = resolve_run(config, arch_config.name)
     metadata = data_kind.load_metadata(config.data_paths)
+    requested = arch_config
     arch_config, model = build_model(config, plugin, arch_config, metadata, dist)
+    if dist.is_main and step_dir is None:
+        for note in starting_weight_notes(config, plugin, requested, arch_config):
+            print(f"note: {note}", file=sys.stderr, flush=True)
     stream = data_kind.train_stream(config.data_paths, data_options, config.seed, layout)
     state = new_train_state(config, plugin, model, stream, *run_length(config, stream))
     eval_paths = config.data_paths_test or config.data_paths
@@ -197,6 +203,24 @@ def build_model(config: PretrainConfig, plugin: ArchPlugin, arch_config, metadat
     if banner and dist.is_main:
         print(banner, flush=True)
     return arch_config, model
+
+
+def starting_weight_notes(config: PretrainConfig, plugin: ArchPlugin, requested, arch_config) -> list[str]:
+    """What a new run starts from when the config may suggest otherwise: a fine-tuning arch
+    without pretrained weights, or `arch.*` sizes replaced by those of the starting point."""
+    source = config.init_from or config.init_from_hf
+    if source is None:
+        if plugin.data_kind != "task" or config.eval_only:
+            return []
+        return [f"arch={plugin.name} starts from random weights, nothing pretrained; to fine-tune, pass "
+                f"+init_from=RUN_FOLDER (a pretraining run of this project) or +init_from_hf=DIR (a transformers BERT)"]
+    key = "+init_from" if config.init_from else "+init_from_hf"
+    asked, used = requested.model_dump(), arch_config.model_dump()
+    replaced = [f"{name}={used[name]} (arch.{name}={asked[name]} ignored)" for name in asked
+                if asked[name] is not None and asked[name] != used[name]]
+    if not replaced:
+        return []
+    return [f"the model is sized like {key}={source}, not by arch.*: {', '.join(replaced)}"]
 
 
 def wrap_forward(state: TrainState, config: PretrainConfig, dist: DistContext) -> None:
@@ -265,5 +289,24 @@ def print_banner(state: TrainState, ctx: RunContext, restored_from: Path | None)
                                     if last_step < state.total_steps else "")
     print(f"run {ctx.project_name}/{ctx.run_name} in {ctx.run_dir}: {parameters / 1e6:.2f}M parameters, {steps}, "
           f"{state.steps_per_epoch:.3f} steps per epoch, {where}", flush=True)
+    print_schedule(state, ctx, last_step)
     if restored_from is not None:
         print(f"resumed from {restored_from.name} of {ctx.run_dir} (step {state.step})", flush=True)
+
+
+def print_schedule(state: TrainState, ctx: RunContext, last_step: int) -> None:
+    """The learning-rate line of the banner, and a warning on stderr when the run stops
+    before its schedule does (a short run planned with the presets' epochs and warm-up)."""
+    print(ctx.schedule.describe(last_step), flush=True)
+    problem = ctx.schedule.short_run_problem(last_step)
+    if problem is None:
+        return
+    config = ctx.config
+    if last_step < state.total_steps:
+        interval = config.eval_interval or 1  # epochs must stay a multiple of it
+        epochs = interval * math.ceil(last_step / state.steps_per_epoch / interval)
+        fix = (f"plan the schedule for the run: epochs={epochs} (about {round(epochs * state.steps_per_epoch)} steps) "
+               f"instead of max_steps={config.max_steps}, with lr_warmup_ratio=0.1")
+    else:
+        fix = f"set lr_warmup_ratio=0.1 (or lr_warmup_steps below {state.total_steps})"
+    print(f"warning: this run {problem}; {fix}", file=sys.stderr, flush=True)
