@@ -14,7 +14,7 @@ import pytest
 
 from core.errors import UserError
 from dataset.build_text_mlm_dataset import main
-from dataset.text.report import estimated_fill
+from dataset.text.report import DocumentSample
 from models.bert.model import build_bert
 from tests.helpers import run_builder, tiny_bert_config
 
@@ -48,7 +48,7 @@ def test_a_length_past_512_is_named_with_a_measured_better_length(tmp_path, caps
     match = re.fullmatch(r"warning: --max-seq-length 1024 is longer than the 512 positions of the BERT presets "
                          r"\(training refuses it unless arch.max_position_embeddings>=1024\) and leaves 88% of the "
                          r"positions as padding; rebuild with --max-seq-length 128 \(about (\d+)% of the positions "
-                         r"filled, estimated from the built sequences\)", warnings[0])
+                         r"filled, estimated from the documents' line lengths\)", warnings[0])
     assert match, warnings[0]
     # The estimate is what the suggested length really gives.
     no_warnings, real_fill = _build(tmp_path, capsys, corpus, 128)
@@ -60,16 +60,26 @@ def test_low_fill_alone_is_warned_and_short_documents_point_to_full_packing(tmp_
     warnings, fill = _build(tmp_path, capsys, corpus, 256)
     assert fill < 0.5 and len(warnings) == 1
     assert warnings[0].startswith(f"warning: --max-seq-length 256 leaves {1 - fill:.0%} of the positions as padding; "
-                                  "the documents are short (median 26 tokens): rebuild with --packing full ")
-    assert "or --max-seq-length 32 (about 81% of the positions filled" in warnings[0]
+                                  "with one document per sequence no length fills 90% (median document 24 tokens): "
+                                  "rebuild with --packing full ")
+    match = re.search(r"or --max-seq-length 64 \(about (\d+)% of the positions filled", warnings[0])
+    assert match, warnings[0]
+    _, real_fill = _build(tmp_path, capsys, corpus, 64)
+    assert int(match.group(1)) == pytest.approx(100 * real_fill, abs=1)
     full_warnings, full_fill = _build(tmp_path, capsys, corpus, 256, "--packing", "full")
     assert full_warnings == [] and full_fill > 0.9
 
 
-def test_the_fill_estimate_follows_its_formula():
-    lengths = np.array([102, 60, 250])  # specials included (2 each)
-    # At 64: texts 100, 58, 248 need 2, 1, 4 rows of up to 62 text tokens.
-    assert estimated_fill(lengths, 2, 64) == pytest.approx((100 + 58 + 248 + 2 * 7) / (7 * 64))
+def test_the_fill_estimate_replays_the_packing():
+    sample = DocumentSample()
+    sample.add("train", [np.zeros(30), np.zeros(30), np.zeros(30)])
+    sample.add("train", [np.zeros(100)])
+    sample.add("test", [np.zeros(5)])  # only training documents count
+    # At 64 (62 tokens of text a row): 30 + 30 | 30 -> 2 rows; 100 -> 62 | 38 -> 2 rows; 2 specials a row.
+    assert sample.fill(64, nsp=False) == pytest.approx((90 + 100 + 2 * 4) / (4 * 64))
+    # With NSP, segments of (64 - 3) // 2 = 30 tokens, two a row: 3 segments -> 2 rows; 100 -> 4 segments -> 2 rows.
+    assert sample.fill(64, nsp=True) == pytest.approx((90 + 100 + 3 * 4) / (4 * 64))
+    assert sample.median_document() == 95
 
 
 def test_positions_shorter_than_the_dataset_name_the_rebuild_first():

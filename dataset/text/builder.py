@@ -30,7 +30,7 @@ from dataset.text.corpus import CorpusReader, Deduplicator, document_fraction, e
 from dataset.text.format import SPLITS, MLMDatasetMetadata, ShardWriter
 from dataset.text.masking import Masker
 from dataset.text.packing import PACKINGS, FullPacker, PairMaker, pack_lines
-from dataset.text.report import ReportCounter, length_warnings, render_report
+from dataset.text.report import DocumentSample, ReportCounter, length_warnings, render_report
 from dataset.text.tokenizer import (
     SPECIAL_TOKENS,
     TokenizerChoice,
@@ -244,6 +244,8 @@ class BuildStats:
     reader: CorpusReader
     deduplicator: Deduplicator
     counter: ReportCounter
+    sample: DocumentSample = field(default_factory=DocumentSample)
+    """Line lengths of the first training documents, for the `--max-seq-length` advice."""
     num_documents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     seconds: float = 0.0
 
@@ -273,6 +275,7 @@ def write_shards(
                               tokens.unknown_characters)  # fmt: skip
             for split, lines in chunk.documents():
                 stats.num_documents[split] += 1
+                stats.sample.add(split, lines)
                 if packers:
                     packers[split].add(lines)
                 elif pair_maker is None:
@@ -319,7 +322,7 @@ def write_dataset(options: MLMBuildOptions, files: list[Path], choice: Tokenizer
         dtype=np.dtype(dtype).name, packing=options.packing, dedup=options.dedup,
     )  # fmt: skip
     metadata.report = stats.counter.report(metadata, stats.reader.counters, stats.deduplicator)
-    metadata.report.warnings += length_warnings(metadata, folder / "train")
+    metadata.report.warnings += length_warnings(metadata, stats.sample)
     write_json(folder / "dataset.json", metadata.model_dump())
     write_text(folder / "report.txt", render_report(metadata))
     _print_summary(metadata, stats, options)
