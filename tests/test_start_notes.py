@@ -53,8 +53,8 @@ def test_a_short_run_inside_warm_up_says_its_peak_rate_and_how_to_plan_it(pretra
     assert ("learning rate: 10000 warm-up steps to lr=0.0001, linear decay to 0 at step 287500; this run peaks at "
             "3e-07 and ends at 3e-07 (step 30)") in out
     assert lines == ["warning: this run stops at step 30, inside the 10000-step warm-up: its learning rate peaks at "
-                     "3e-07, 0.3% of lr=0.0001; plan the schedule for the run: epochs=11 (about 32 steps) instead of "
-                     "max_steps=30, with lr_warmup_ratio=0.1"]
+                     "3e-07, 0.3% of lr=0.0001; plan the schedule for the run: total_steps=30 instead of max_steps=30, "
+                     "with lr_warmup_ratio=0.1"]
 
 
 def test_a_whole_run_shorter_than_its_warm_up_is_warned(pretrained, tmp_path, capsys):
@@ -119,5 +119,6 @@ def test_init_from_where_it_cannot_apply_names_the_resume_route(tmp_path):
     with pytest.raises(ConfigError) as error:
         launch(compose_config(TINY_TRM + [f"data_paths=[{data}]", f"+init_from={tmp_path}",
                                           f"+checkpoint_path={tmp_path / 'runs'}", "global_batch_size=16"]))
-    assert str(error.value) == ("+init_from is not supported for arch trm: its weights cannot start another run; to "
-                                "continue that run on its own dataset, resume it with +load_checkpoint=RUN_FOLDER")
+    assert str(error.value) == ("+init_from is not supported for arch trm: to start a new run from another run's "
+                                "weights and optimiser state use +continue_from=RUN_FOLDER (same parameter shapes); "
+                                "to resume that run, +load_checkpoint=RUN_FOLDER")

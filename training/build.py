@@ -15,7 +15,6 @@ checkpoints; a checkpoint is one `step_<N>` folder in it (`step_dir`).
 from __future__ import annotations
 
 import json
-import math
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +33,7 @@ from models.registry import get_arch
 from training import distributed
 from training.checkpoint import find_latest, resolve_checkpoint, restore_train_state
 from training.config import MOVED_KEYS, PretrainConfig, validate
+from training.continue_from import continue_from
 from training.distributed import DistContext
 from training.ema import EMA
 from training.init_from import starting_point
@@ -93,7 +93,7 @@ def eval_only_config(config: PretrainConfig, composed: dict[str, Any], overrides
     saved = _read_saved_config(step_dir)
     # The weights come from the checkpoint, whose arch section is already sized: no starting point.
     merged = {**saved, "eval_only": True, "load_checkpoint": config.load_checkpoint, "resume": None,
-              "init_from": None, "init_from_hf": None}
+              "init_from": None, "init_from_hf": None, "continue_from": None}
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if key == "arch":
@@ -160,14 +160,20 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
                      evaluators=build_evaluators(evaluator_specs, eval_paths))
     if step_dir is not None:
         restore_train_state(state, ctx, step_dir)
+    elif config.continue_from:
+        continued = continue_from(state, ctx, config.continue_from)
+        if dist.is_main:
+            print(f"continued from {continued}: weights and optimizer state; step, schedule and data position "
+                  "start afresh", flush=True)
     wrap_forward(state, config, dist)
     return state, ctx, step_dir
 
 
 def run_length(config: PretrainConfig, stream: TrainStream) -> tuple[int, float]:
-    """(optimiser steps of the whole run, steps per epoch) for `epochs` passes over `stream`."""
+    """(optimiser steps of the whole run, steps per epoch): `total_steps` when set, else
+    `epochs` passes over `stream`."""
     steps_per_epoch = stream.examples_per_epoch / config.global_batch_size
-    return max(1, int(config.epochs * steps_per_epoch)), steps_per_epoch
+    return config.total_steps or max(1, int(config.epochs * steps_per_epoch)), steps_per_epoch
 
 
 def new_train_state(config: PretrainConfig, plugin: ArchPlugin, model: TrainModule, stream: TrainStream | None,
@@ -210,7 +216,7 @@ def starting_weight_notes(config: PretrainConfig, plugin: ArchPlugin, requested,
     without pretrained weights, or `arch.*` sizes replaced by those of the starting point."""
     source = config.init_from or config.init_from_hf
     if source is None:
-        if plugin.data_kind != "task" or config.eval_only:
+        if plugin.data_kind != "task" or config.eval_only or config.continue_from:
             return []
         return [f"arch={plugin.name} starts from random weights, nothing pretrained; to fine-tune, pass "
                 f"+init_from=RUN_FOLDER (a pretraining run of this project) or +init_from_hf=DIR (a transformers BERT)"]
@@ -301,12 +307,9 @@ def print_schedule(state: TrainState, ctx: RunContext, last_step: int) -> None:
     problem = ctx.schedule.short_run_problem(last_step)
     if problem is None:
         return
-    config = ctx.config
     if last_step < state.total_steps:
-        interval = config.eval_interval or 1  # epochs must stay a multiple of it
-        epochs = interval * math.ceil(last_step / state.steps_per_epoch / interval)
-        fix = (f"plan the schedule for the run: epochs={epochs} (about {round(epochs * state.steps_per_epoch)} steps) "
-               f"instead of max_steps={config.max_steps}, with lr_warmup_ratio=0.1")
+        fix = (f"plan the schedule for the run: total_steps={last_step} instead of max_steps={ctx.config.max_steps}, "
+               f"with lr_warmup_ratio=0.1")
     else:
         fix = f"set lr_warmup_ratio=0.1 (or lr_warmup_steps below {state.total_steps})"
     print(f"warning: this run {problem}; {fix}", file=sys.stderr, flush=True)
