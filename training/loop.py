@@ -35,7 +35,14 @@ from models.interface import Carry, StepOutput
 from training import distributed
 from training.checkpoint import save_train_state
 from training.config import PretrainConfig
-from training.metrics import MetricAccumulator, ThroughputMeter, format_record, natural_key, progress_fields
+from training.metrics import (
+    MetricAccumulator,
+    ThroughputMeter,
+    format_record,
+    natural_key,
+    progress_display,
+    progress_fields,
+)
 from training.prefetch import device_batches, to_device
 from training.signals import StopRequest
 from training.state import RunContext, TrainState
@@ -237,7 +244,7 @@ def fit(state: TrainState, ctx: RunContext) -> None:
               "raise epochs or max_steps to continue", flush=True)
     stop = StopRequest()
     stop.install()
-    progress = tqdm(total=last_step, initial=state.step, disable=not ctx.dist.is_main, dynamic_ncols=True)
+    progress = progress_display(last_step, state.step, enabled=ctx.dist.is_main)
     accumulator = MetricAccumulator()
     meter = ThroughputMeter()
     # Read ahead in a background thread on CUDA; checkpoints keep the trained batch's position.
