@@ -51,7 +51,9 @@ def launch(raw_config: dict, overrides: list[str] = ()) -> None:
         state, ctx, restored_from = setup(config, dist)
         prepare_run_dir(ctx)
         open_metrics_logger(state, ctx)
-        print_banner(state, ctx, restored_from)
+        banner = print_banner(state, ctx, restored_from)
+        if ctx.logger is not None and banner:
+            ctx.logger.save_banner(banner)
         if config.eval_only:
             metrics = evaluate(state, ctx)
             if ctx.dist.is_main:
