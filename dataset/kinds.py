@@ -38,7 +38,7 @@ def _mlm_train_stream(paths, options: text.MLMDataOptions, seed, layout: BatchLa
 
 def _mlm_eval_batches(paths, options: text.MLMDataOptions, seed, layout: BatchLayout) -> EvalBatches:
     return text.iter_mlm_eval_batches(paths, layout.global_batch_size, layout.rank, layout.world_size,
-                                      options.masking, seed)
+                                      options.masking, seed, options.trim_padding_to_multiple)
 
 
 def _task_train_stream(paths, options: tasks.TaskDataOptions, seed, layout: BatchLayout) -> TrainStream:

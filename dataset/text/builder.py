@@ -30,7 +30,7 @@ from dataset.text.corpus import CorpusReader, Deduplicator, document_fraction, d
 from dataset.text.format import SPLITS, DocumentIndexWriter, MLMDatasetMetadata, ShardWriter
 from dataset.text.masking import Masker
 from dataset.text.packing import PACKINGS, FullPacker, PairMaker, pack_lines
-from dataset.text.report import ReportCounter, render_report
+from dataset.text.report import DocumentSample, ReportCounter, length_warnings, render_report
 from dataset.text.tokenizer import (
     SPECIAL_TOKENS,
     TokenizerChoice,
@@ -281,6 +281,8 @@ class BuildStats:
     reader: CorpusReader
     deduplicator: Deduplicator
     counter: ReportCounter
+    sample: DocumentSample = field(default_factory=DocumentSample)
+    """Line lengths of the first training documents, for the `--max-seq-length` advice."""
     num_documents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     seconds: float = 0.0
 
@@ -305,6 +307,7 @@ def write_shards(
                               tokens.unknown_characters)  # fmt: skip
             for split, lines in chunk.documents():
                 stats.num_documents[split] += 1
+                stats.sample.add(split, lines)
                 sink.add(split, lines)
             bar.update(reader.counters.bytes_on_disk - bar.n)
     sink.finish()
@@ -389,6 +392,7 @@ def write_dataset(options: MLMBuildOptions, files: list[Path], choice: Tokenizer
         dtype=np.dtype(dtype).name, packing=options.packing, dedup=options.dedup,
     )  # fmt: skip
     metadata.report = stats.counter.report(metadata, stats.reader.counters, stats.deduplicator)
+    metadata.report.warnings += length_warnings(metadata, stats.sample)
     write_json(folder / "dataset.json", metadata.model_dump())
     write_text(folder / "report.txt", render_report(metadata))
     _print_summary(metadata, stats, options)

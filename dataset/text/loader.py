@@ -171,6 +171,11 @@ def _excluded_rows(shards: list[Path], starts: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate(excluded)) if excluded else np.zeros(0, dtype=np.int64)
 
 
+def _trimmed(batch: Batch, width: int) -> Batch:
+    """The batch with its (b, L) arrays cut to their first `width` columns."""
+    return {key: value[:, :width] if value.ndim == 2 else value for key, value in batch.items()}
+
+
 def _model_batch(
     stored: dict[str, np.ndarray], masked: np.ndarray, labels: np.ndarray, meta: MLMDatasetMetadata
 ) -> Batch:
@@ -199,8 +204,8 @@ class MLMDataOptions(BaseModel):
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     """How the stream chooses the positions to predict; see `MaskingConfig`."""
     trim_padding_to_multiple: int | None = Field(default=8, gt=0)
-    """Training batches drop their trailing all-padding columns (decided on the global
-    batch), keeping a multiple of this many; None always serves the full sequence length."""
+    """Training and evaluation batches drop their trailing all-padding columns (decided on
+    the global batch), keeping a multiple of this many; None always serves the full sequence length."""
 
 
 # -------------------------------------------------------------------------- the streams
@@ -265,7 +270,7 @@ class MLMTrainStream:
         if self.trim_to_multiple is None:
             return batch
         width = self._global_width(start, batch["attention_mask"].sum(axis=1))
-        return {key: value[:, :width] if value.ndim == 2 else value for key, value in batch.items()}
+        return _trimmed(batch, width)
 
     def _global_width(self, start: int, local_lengths: np.ndarray) -> int:
         """The trimmed width of the global batch at `start`, from this rank's row lengths.
@@ -305,18 +310,38 @@ def iter_mlm_eval_batches(
     world_size: int,
     masking: MaskingConfig,
     seed: int = 0,
+    trim_to_multiple: int | None = None,
 ) -> EvalBatches:
     """The test split once, in order, as ("all", this rank's slice) with a fixed mask.
 
     The mask of a sequence depends only on `seed` and its row, so every evaluation round
     sees the same masks whatever the batch size and the number of processes. The last global batch is filled with rows
-    `[CLS] [SEP]` that carry no label (MLM labels and NSP label -100).
+    `[CLS] [SEP]` that carry no label (MLM labels and NSP label -100). With
+    `trim_to_multiple`, batches are cut as the training stream cuts them (after the global
+    batch's longest sequence, rounded up): the masks and metrics are the same, the padding
+    costs nothing.
     """
     rank_rows(global_batch_size, rank, world_size)  # refuses a batch that does not split
+    if trim_to_multiple is not None and trim_to_multiple <= 0:
+        raise ValueError(f"trim_to_multiple must be positive or None, got {trim_to_multiple}")
     metadata = load_mlm_metadata(paths)
     test = _SplitShards(metadata, "test")
     masker = build_masker(paths, metadata, masking)
-    return _eval_batches(test, masker, metadata, global_batch_size, rank, world_size, seed)
+    batches = _eval_batches(test, masker, metadata, global_batch_size, rank, world_size, seed)
+    if trim_to_multiple is None:
+        return batches
+    return _trimmed_eval_batches(batches, test, global_batch_size, trim_to_multiple)
+
+
+def _trimmed_eval_batches(batches: EvalBatches, test: _SplitShards, global_batch_size: int,
+                          trim_to_multiple: int) -> EvalBatches:
+    """`batches` (the k-th starting at test row k * global_batch_size) cut to the width of
+    their global batch's longest sequence, rounded up to `trim_to_multiple`: the same on
+    every rank. Filler rows are `[CLS] [SEP]`, never longer than a real sequence."""
+    for start, (set_name, batch) in zip(range(0, test.num_rows, global_batch_size), batches):
+        rows = np.arange(start, min(start + global_batch_size, test.num_rows))  # (B',) the real rows
+        longest = int(test.lengths(rows).max())
+        yield set_name, _trimmed(batch, padded_width(longest, test.metadata.seq_len, trim_to_multiple))
 
 
 def _eval_batches(
