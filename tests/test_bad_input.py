@@ -236,7 +236,8 @@ PRETRAIN_CASES = [
         f"data_paths=[{r / 'bert-data'}]", "global_batch_size=8", "epochs=2", "lr=1e-3", "eval_interval=1",
         "arch.max_position_embeddings=16"],
      r"arch\.max_position_embeddings \(16\) is smaller than the dataset's sequence length \(32\); "
-     r"set arch\.max_position_embeddings>=32"),
+     r"rebuild the dataset with --max-seq-length 16 or shorter \(BERT pretrains at 128, then 512\), or set "
+     r"arch\.max_position_embeddings=32 to train a model with that many positions \(more parameters; .*\)"),
     ("epochs-not-multiple-of-eval-interval", lambda r, t: _trm(r, "epochs=3", "eval_interval=2"),
      r"epochs \(3\) must be a multiple of eval_interval \(2\); change one of them"),
     ("checkpoint-of-another-arch", lambda r, t: _trm(r, f"+load_checkpoint={r / 'bert'}"),

@@ -94,6 +94,25 @@ def test_killed_build_resumes_to_the_same_bytes(corpus, reference, tmp_path, pac
 
 
 @pytest.mark.slow
+def test_a_killed_part_resumes_to_the_same_bytes_with_its_document_index(corpus, tmp_path):
+    """`--part`/`--num-parts` with the per-document index (`--packing documents`): the
+    index's records spilled after the last commit are dropped, and the rest carried on."""
+    base = tmp_path / "base"
+    assert run_builder(arguments(corpus, base, "full")).returncode == 0
+    args = ["--input-files", corpus, "--max-seq-length", 32, "--shard-size", 16, "--tokenizer", base / "tokenizer",
+            "--part", 1, "--num-parts", 2]  # fmt: skip
+    result = run_builder([*args, "--output-dir", tmp_path / "reference"])
+    assert result.returncode == 0, result.stderr
+    reference = tree(tmp_path / "reference")
+    assert len([name for name in reference if "train/shard_" in name]) > 8 and "train/documents.npy" in reference
+    output = tmp_path / "out"
+    assert run_builder([*args, "--output-dir", output], kill="after:3").returncode == -9
+    result = run_builder([*args, "--output-dir", output, "--resume"])
+    assert result.returncode == 0, result.stderr
+    assert tree(output) == reference
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
 def test_a_signal_stops_the_build_cleanly_and_resume_finishes_it(corpus, reference, tmp_path, signal_name):
     output = tmp_path / "out"

@@ -10,7 +10,7 @@ from models.interface import decay_groups
 from models.layers import SparsePuzzleEmbedding
 from training.ema import EMA
 from training.optim import AdamAtan2, SparseSignSGD
-from training.schedule import learning_rate
+from training.schedule import LRSchedule, learning_rate
 
 
 def test_adam_atan2_matches_hand_computation():
@@ -89,6 +89,25 @@ def test_learning_rate_schedule(schedule):
 
 def test_constant_after_warmup_with_min_ratio_one():
     assert learning_rate(500, 2.0, 100, 1000, 1.0) == pytest.approx(2.0)
+
+
+def test_peak_and_short_run_problems_follow_the_schedule():
+    # The BERT presets' schedule stopped by max_steps=30: lr 1e-4, 10,000 warm-up steps.
+    schedule = LRSchedule({"weights": 1e-4}, warmup_steps=10_000, total_steps=287_500, min_ratio=0.0, shape="linear")
+    assert schedule.peak_lr(30) == pytest.approx(1e-4 * 30 / 10_000)
+    assert schedule.peak_lr(287_500) == pytest.approx(1e-4)
+    assert schedule.describe(30) == ("learning rate: 10000 warm-up steps to lr=0.0001, linear decay to 0 at step "
+                                     "287500; this run peaks at 3e-07 and ends at 3e-07 (step 30)")
+    assert schedule.short_run_problem(30) == ("stops at step 30, inside the 10000-step warm-up: its learning rate "
+                                              "peaks at 3e-07, 0.3% of lr=0.0001")
+    # Past warm-up but before 10% of the decay: 20,000 of 287,500 steps (lr(20000) = 1e-4 * (1 - 10000/277500)).
+    assert schedule.short_run_problem(20_000) == ("stops at step 20000, 7.0% of the 287500-step schedule: its "
+                                                  "learning rate never decays (it ends at 9.64e-05)")
+    assert schedule.short_run_problem(28_750) is None and schedule.short_run_problem(287_500) is None
+    # A constant rate after warm-up has nothing to decay: only warm-up counts.
+    constant = LRSchedule({"weights": 1e-3}, warmup_steps=100, total_steps=10_000, min_ratio=1.0, shape="cosine")
+    assert constant.short_run_problem(200) is None and constant.short_run_problem(50) is not None
+    assert constant.describe(200).startswith("learning rate: 100 warm-up steps to lr=0.001, constant after it;")
 
 
 def test_decay_groups_exclude_vectors():

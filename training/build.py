@@ -15,6 +15,7 @@ checkpoints; a checkpoint is one `step_<N>` folder in it (`step_dir`).
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from core.batching import BatchLayout
 from core.errors import ConfigError
 from core.files import write_json
 from dataset.kinds import get_data_kind
-from dataset.stream import TrainStream
+from dataset.stream import DataKind, TrainStream
 from evaluators.registry import build_evaluators
 from models.interface import ArchPlugin, TrainModule
 from models.registry import get_arch
@@ -143,8 +144,13 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
     data_options = validate(data_kind.options_class, config.data, prefix="data.")
     layout = BatchLayout.of(config.global_batch_size, dist.rank, dist.world_size, config.micro_batch_size)
     project, run_name, run_dir, step_dir = resolve_run(config, arch_config.name)
+    config = resolved_data_paths(config, data_kind)
     metadata = data_kind.load_metadata(config.data_paths)
+    requested = arch_config
     arch_config, model = build_model(config, plugin, arch_config, metadata, dist)
+    if dist.is_main and step_dir is None:
+        for note in starting_weight_notes(config, plugin, requested, arch_config):
+            print(f"note: {note}", file=sys.stderr, flush=True)
     stream = data_kind.train_stream(config.data_paths, data_options, config.seed, layout)
     state = new_train_state(config, plugin, model, stream, *run_length(config, stream))
     eval_paths = config.data_paths_test or config.data_paths
@@ -163,6 +169,15 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
                   "start afresh", flush=True)
     wrap_forward(state, config, dist)
     return state, ctx, step_dir
+
+
+def resolved_data_paths(config: PretrainConfig, data_kind: DataKind) -> PretrainConfig:
+    """`config` with `data_paths` and `data_paths_test` naming dataset folders (a folder of
+    parts or a glob expanded by the data kind), as the run and its checkpoints record them."""
+    update = {"data_paths": data_kind.resolve_paths(config.data_paths)}
+    if config.data_paths_test:
+        update["data_paths_test"] = data_kind.resolve_paths(config.data_paths_test)
+    return config.model_copy(update=update)
 
 
 def run_length(config: PretrainConfig, stream: TrainStream) -> tuple[int, float]:
@@ -205,6 +220,24 @@ def build_model(config: PretrainConfig, plugin: ArchPlugin, arch_config, metadat
     if banner and dist.is_main:
         print(banner, flush=True)
     return arch_config, model
+
+
+def starting_weight_notes(config: PretrainConfig, plugin: ArchPlugin, requested, arch_config) -> list[str]:
+    """What a new run starts from when the config may suggest otherwise: a fine-tuning arch
+    without pretrained weights, or `arch.*` sizes replaced by those of the starting point."""
+    source = config.init_from or config.init_from_hf
+    if source is None:
+        if plugin.data_kind != "task" or config.eval_only or config.continue_from:
+            return []
+        return [f"arch={plugin.name} starts from random weights, nothing pretrained; to fine-tune, pass "
+                f"+init_from=RUN_FOLDER (a pretraining run of this project) or +init_from_hf=DIR (a transformers BERT)"]
+    key = "+init_from" if config.init_from else "+init_from_hf"
+    asked, used = requested.model_dump(), arch_config.model_dump()
+    replaced = [f"{name}={used[name]} (arch.{name}={asked[name]} ignored)" for name in asked
+                if asked[name] is not None and asked[name] != used[name]]
+    if not replaced:
+        return []
+    return [f"the model is sized like {key}={source}, not by arch.*: {', '.join(replaced)}"]
 
 
 def wrap_forward(state: TrainState, config: PretrainConfig, dist: DistContext) -> None:
@@ -276,8 +309,24 @@ def print_banner(state: TrainState, ctx: RunContext, restored_from: Path | None)
     steps = f"{last_step} steps" + (f" (max_steps; the schedule spans {state.total_steps})"
                                     if last_step < state.total_steps else "")
     banner = [f"run {ctx.project_name}/{ctx.run_name} in {ctx.run_dir}: {parameters / 1e6:.2f}M parameters, {steps}, "
-              f"{state.steps_per_epoch:.3f} steps per epoch, {where}", describe_environment(ctx.environment)]
+              f"{state.steps_per_epoch:.3f} steps per epoch, {where}", ctx.schedule.describe(last_step),
+              describe_environment(ctx.environment)]
     if restored_from is not None:
         banner.append(f"resumed from {restored_from.name} of {ctx.run_dir} (step {state.step})")
     print("\n".join(banner), flush=True)
+    warn_short_run(state, ctx, last_step)
     return "\n".join(banner)
+
+
+def warn_short_run(state: TrainState, ctx: RunContext, last_step: int) -> None:
+    """A warning on stderr when the run stops before its learning-rate schedule does (a
+    short run planned with the presets' epochs and warm-up), with the fix."""
+    problem = ctx.schedule.short_run_problem(last_step)
+    if problem is None:
+        return
+    if last_step < state.total_steps:
+        fix = (f"plan the schedule for the run: total_steps={last_step} instead of max_steps={ctx.config.max_steps}, "
+               f"with lr_warmup_ratio=0.1")
+    else:
+        fix = f"set lr_warmup_ratio=0.1 (or lr_warmup_steps below {state.total_steps})"
+    print(f"warning: this run {problem}; {fix}", file=sys.stderr, flush=True)

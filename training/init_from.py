@@ -2,7 +2,8 @@
 
 The typical use is fine-tuning: a pretraining checkpoint (a run folder, for its newest
 checkpoint, or a `step_N` folder) gives the encoder; its MLM/NSP heads are dropped and the
-new head starts fresh. The architecture's sizes are taken from the checkpoint's run config
+new head starts fresh. A pretraining run (`arch=bert`) takes every matching weight, heads
+included: BERT's second phase on a dataset of longer sequences starts this way. The architecture's sizes are taken from the checkpoint's run config
 (the plugin's `checkpoint_config`), then every weight whose name and shape match is
 copied: the EMA weights when the checkpoint kept them, as the export does. Only weights
 move; the optimiser, step and data position start anew (`+load_checkpoint` resumes).
@@ -87,7 +88,9 @@ def starting_point(spec: str, plugin: ArchPlugin, arch_config: Any, metadata: An
     The dataset must use the checkpoint's vocabulary (`vocab_sha256`, when both record it).
     """
     if plugin.checkpoint_config is None:
-        raise ConfigError(f"+init_from is not supported for arch {plugin.name}; remove it or use +load_checkpoint")
+        raise ConfigError(f"+init_from is not supported for arch {plugin.name}: to start a new run from another run's "
+                          f"weights and optimiser state use +continue_from=RUN_FOLDER (same parameter shapes); to "
+                          f"resume that run, +load_checkpoint=RUN_FOLDER")
     folder = resolve_checkpoint(spec, None)
     arch = _read_json(folder / "config.json").get("arch") or {}
     dataset = check_vocabulary(folder, metadata, "+init_from")

@@ -17,6 +17,8 @@ SHAPES: dict[str, Callable[[float], float]] = {
     "linear": lambda progress: 1.0 - progress,
 }
 """Decay shapes by `lr_schedule` name: progress in [0, 1] -> factor from 1 down to 0."""
+SHORT_RUN_SHARE = 0.1
+"""A run that stops before this share of its decaying schedule is warned at start."""
 
 
 def learning_rate(
@@ -60,6 +62,32 @@ class LRSchedule:
         # The curve's factor first, then the base rate: the product TRM's code computes.
         factor = learning_rate(update, 1.0, self.warmup_steps, self.total_steps, self.min_ratio, self.shape)
         return self.base_lrs[optimizer] * factor
+
+    def peak_lr(self, last_step: int, optimizer: str = "weights") -> float:
+        """The highest rate of `optimizer` over updates 1..`last_step`: the end of warm-up,
+        or the last update when the run stops inside it (the decay never rises again)."""
+        return self.lr(max(1, min(last_step, self.warmup_steps)), optimizer)
+
+    def describe(self, last_step: int) -> str:
+        """One banner line: the planned curve, then what a run stopping at `last_step` reaches."""
+        base = self.base_lrs["weights"]
+        decay = ("constant after it" if self.min_ratio == 1.0 else
+                 f"{self.shape} decay to {base * self.min_ratio:.3g} at step {self.total_steps}")
+        return (f"learning rate: {self.warmup_steps} warm-up steps to lr={base:.3g}, {decay}; this run "
+                f"peaks at {self.peak_lr(last_step):.3g} and ends at {self.lr(last_step):.3g} (step {last_step})")
+
+    def short_run_problem(self, last_step: int) -> str | None:
+        """Why a run stopping at `last_step` does not follow its schedule (None when it does):
+        it stops inside warm-up, or before `SHORT_RUN_SHARE` of a decaying schedule."""
+        base = self.base_lrs["weights"]
+        if last_step < self.warmup_steps:
+            peak = self.peak_lr(last_step)
+            return (f"stops at step {last_step}, inside the {self.warmup_steps}-step warm-up: its learning rate "
+                    f"peaks at {peak:.3g}, {peak / base:.1%} of lr={base:.3g}")
+        if self.min_ratio < 1.0 and last_step < SHORT_RUN_SHARE * self.total_steps:
+            return (f"stops at step {last_step}, {last_step / self.total_steps:.1%} of the {self.total_steps}-step "
+                    f"schedule: its learning rate never decays (it ends at {self.lr(last_step):.3g})")
+        return None
 
 
 @dataclass(frozen=True)

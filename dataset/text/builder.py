@@ -30,11 +30,11 @@ from tqdm import tqdm
 from core.errors import UserError
 from core.files import write_json, write_text
 from dataset.text import corpus as text_corpus
-from dataset.text.corpus import CorpusReader, Deduplicator, document_fraction, expand_input_files
-from dataset.text.format import SPLITS, MLMDatasetMetadata, ShardWriter
+from dataset.text.corpus import CorpusReader, Deduplicator, document_fraction, document_key, expand_input_files
+from dataset.text.format import SPLITS, DocumentIndexWriter, MLMDatasetMetadata, ShardWriter
 from dataset.text.masking import Masker
 from dataset.text.packing import PACKINGS, FullPacker, PairMaker, pack_lines
-from dataset.text.report import ReportCounter, render_report
+from dataset.text.report import DocumentSample, ReportCounter, length_warnings, render_report
 from dataset.text.resume import BuildJournal, BuildStopped, StopRequest
 from dataset.text.sample import sample_budgets, sample_documents
 from dataset.text.tokenizer import (
@@ -99,6 +99,10 @@ class MLMBuildOptions:
     """Exact repeats removed before the split: one of `dataset.text.corpus.DEDUP_MODES`."""
     packing: str = "documents"
     """One of `PACKINGS`."""
+    part: int = 0
+    """Which slice of the inputs to build (0-based), with `num_parts`."""
+    num_parts: int = 1
+    """Slices the inputs are cut into by bytes, each built by its own job (`part_byte_range`)."""
     resume: bool = False
     """Finish a build of `output_dir` that was stopped or killed (`dataset.text.resume`)."""
 
@@ -131,10 +135,19 @@ class MLMBuildOptions:
             raise UserError(f"--packing must be one of {', '.join(PACKINGS)}, not {self.packing!r}")
         if self.nsp and self.packing == "full":
             raise UserError("--packing full cannot make next-sentence pairs; use --packing documents with --nsp")
+        self._check_part()
         if Path(self.output_dir).exists() and not self.overwrite:
             raise UserError(
                 f"output folder {self.output_dir} already exists; choose another --output-dir or pass --overwrite"
             )
+
+    def _check_part(self) -> None:
+        if self.num_parts < 1 or not 0 <= self.part < self.num_parts:
+            raise UserError(f"--part {self.part} --num-parts {self.num_parts}: need --num-parts 1 or more and "
+                            f"--part from 0 to {max(self.num_parts, 1) - 1}")
+        if self.num_parts > 1 and self.tokenizer in TRAINED_TOKENIZERS:
+            raise UserError(f"--num-parts {self.num_parts} needs one tokenizer for all parts: pass --tokenizer "
+                            "PATH (e.g. the tokenizer/ folder of a first build), not a trained --tokenizer")
 
 
 def build_mlm_dataset(options: MLMBuildOptions) -> MLMDatasetMetadata:
@@ -248,7 +261,7 @@ def _chunks(documents: Iterator[list[str]], options: MLMBuildOptions) -> Iterato
     for number, document in enumerate(documents):
         is_test = (
             options.test_split > 0
-            and number > 0  # the first document always trains, so a tiny corpus still has a train split
+            and (number > 0 or options.part > 0)  # a build's first document trains: a tiny corpus still trains
             and document_fraction(document, options.seed, "test-split") < options.test_split
         )
         chunk.splits.append("test" if is_test else "train")
@@ -260,6 +273,30 @@ def _chunks(documents: Iterator[list[str]], options: MLMBuildOptions) -> Iterato
             chunk, size = _Chunk([], [], []), 0
     if chunk.splits:
         yield chunk
+
+
+def part_byte_range(files: list[Path], part: int, num_parts: int) -> tuple[int, int]:
+    """[start, stop) of part `part` of `num_parts`: the inputs' total bytes on disk, in
+    file order, cut into equal ranges (a document belongs to the part where it starts)."""
+    total = sum(path.stat().st_size for path in files)
+    return total * part // num_parts, total * (part + 1) // num_parts
+
+
+def part_documents(reader: CorpusReader, options: MLMBuildOptions) -> Iterator[list[str]]:
+    """The documents of this build's part: all of them for one part; else those that start
+    in `part_byte_range`, reading only the files that overlap it (a part that starts inside
+    a file reads that file from its beginning)."""
+    if options.num_parts == 1:
+        yield from reader.documents()
+        return
+    sizes = [path.stat().st_size for path in reader.files]
+    offsets = np.cumsum([0] + sizes)  # (F + 1,) where each file starts, and the end
+    start, stop = part_byte_range(reader.files, options.part, options.num_parts)
+    overlapping = [index for index in range(len(sizes)) if offsets[index] < stop and offsets[index + 1] >= start]
+    reader.files = [reader.files[index] for index in overlapping]
+    for offset, document in reader.documents_with_offsets([int(offsets[index]) for index in overlapping]):
+        if start <= offset < stop:
+            yield document
 
 
 def tokenized_chunks(chunks: Iterator[_Chunk], tokenizer: Tokenizer, num_workers: int) -> Iterator[_Chunk]:
@@ -304,14 +341,17 @@ class BuildStats:
     reader: CorpusReader
     deduplicator: Deduplicator
     counter: ReportCounter
+    sample: DocumentSample = field(default_factory=DocumentSample)
+    """Line lengths of the first training documents, for the `--max-seq-length` advice."""
     num_documents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     seconds: float = 0.0
 
 
 @dataclass
 class _Target:
-    """A dataset the build writes (one per sequence length): its split writers and the
-    packing state between chunks."""
+    """A dataset the build writes (one per sequence length): its split writers, the
+    packing state between chunks and, with `--packing documents`, the document indexes
+    (`<split>/documents.npy`: each document's key and rows, `DocumentIndexWriter`)."""
 
     folder: Path
     seq_len: int
@@ -320,33 +360,42 @@ class _Target:
     """Text tokens per segment."""
     pair_maker: PairMaker | None = None
     packers: dict[str, FullPacker] = field(default_factory=dict)
+    indexes: dict[str, DocumentIndexWriter] = field(default_factory=dict)
+    """Empty with `--packing full`: a fully packed row mixes documents, so none is indexed."""
 
-    def add(self, chunk: _Chunk) -> None:
-        """Pack the documents of one tokenised chunk."""
-        for split, lines in chunk.documents():
-            if self.packers:
-                self.packers[split].add(lines)
-            elif self.pair_maker is None:
-                for segment in pack_lines(lines, self.capacity):
-                    self.writers[split].add(segment)
-            else:
-                segments, line_lengths = pack_lines(lines, self.capacity), [len(line) for line in lines]
-                for segment_a, segment_b, label in self.pair_maker.pairs(segments, line_lengths, split):
-                    self.writers[split].add(segment_a, segment_b, label)
+    def add(self, split: str, lines: list[np.ndarray], key: int | None) -> None:
+        """Write one document (the token ids of its lines, its `document_key`) into `split`."""
+        writer = self.writers[split]
+        first_row = writer.num_sequences + writer.rows
+        if self.packers:
+            self.packers[split].add(lines)
+        elif self.pair_maker is None:
+            for segment in pack_lines(lines, self.capacity):
+                writer.add(segment)
+        else:
+            segments, line_lengths = pack_lines(lines, self.capacity), [len(line) for line in lines]
+            for segment_a, segment_b, label in self.pair_maker.pairs(segments, line_lengths, split):
+                writer.add(segment_a, segment_b, label)
+        if self.indexes:
+            self.indexes[split].add(key, first_row, writer.num_sequences + writer.rows - first_row)
 
     def finish(self) -> None:
+        """Write what the packers and writers still hold, and the document indexes."""
         for packer in self.packers.values():
             packer.finish()
         for writer in self.writers.values():
             writer.flush()
+        for index in self.indexes.values():
+            index.close()
 
     def num_shards(self) -> int:
         return sum(len(writer.names) for writer in self.writers.values())
 
     def state_dict(self) -> dict:
-        """The packing state a resumed build restores (`dataset.text.resume`)."""
+        """The packing and indexing state a resumed build restores (`dataset.text.resume`)."""
         return {"writers": {split: writer.state_dict() for split, writer in self.writers.items()},
                 "packers": {split: packer.state_dict() for split, packer in self.packers.items()},
+                "indexes": {split: index.state_dict() for split, index in self.indexes.items()},
                 "pair_maker": self.pair_maker}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
@@ -355,6 +404,8 @@ class _Target:
             writer.load_state_dict(state["writers"][split])
         for split, packer in self.packers.items():
             packer.load_state_dict(state["packers"][split])
+        for split, index in self.indexes.items():
+            index.load_state_dict(state["indexes"][split])
         self.pair_maker = state["pair_maker"]
 
 
@@ -376,6 +427,8 @@ def _targets(options: MLMBuildOptions, choice: TokenizerChoice, root: Path) -> l
             target.pair_maker = PairMaker(options.seed, continuation_mask(choice.tokenizer))
         if options.packing == "full":
             target.packers = {split: FullPacker(writers[split], seq_len - 2, ids["[SEP]"]) for split in SPLITS}
+        else:
+            target.indexes = {split: DocumentIndexWriter(writers[split].folder) for split in SPLITS}
         targets.append(target)
     return targets
 
@@ -385,19 +438,30 @@ def _subfolder(options: MLMBuildOptions, seq_len: int) -> str:
     return "" if len(options.seq_lengths) == 1 else f"seq{seq_len}"
 
 
+def _keyed(documents: Iterator[list[str]], keys: deque[int] | None) -> Iterator[list[str]]:
+    """`documents`, appending each one's `document_key` to `keys` on the way (unless None)."""
+    for document in documents:
+        if keys is not None:
+            keys.append(document_key(document))
+        yield document
+
+
 def write_shards(
     options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, targets: list[_Target], journal: BuildJournal
 ) -> BuildStats:
-    """Stream every document through de-duplication, tokenisation and packing into every
-    target's writers, committing to `journal` after each chunk that completed a shard (and
-    when a stop is asked)."""
+    """Stream this part's documents through de-duplication, tokenisation and packing into
+    every target's writers, committing to `journal` after each chunk that completed a shard
+    (and when a stop is asked)."""
     started = time.perf_counter()
     stats = BuildStats(
         CorpusReader(files, options.on_bad_line, options.text_field), Deduplicator(options.dedup),
         ReportCounter(continuation_mask(choice.tokenizer), choice.special_ids["[UNK]"]),
     )  # fmt: skip
-    chunks = _chunks(stats.deduplicator.filter(stats.reader.documents()), options)
-    done = _resume(journal, chunks, stats, targets)
+    # Keys of the documents read but not yet written, in order (only when they are indexed).
+    keys: deque[int] | None = deque() if options.packing != "full" else None
+    documents = _keyed(stats.deduplicator.filter(part_documents(stats.reader, options)), keys)
+    chunks = _chunks(documents, options)
+    done = _resume(journal, chunks, stats, targets, keys)
     bar = tqdm(total=stats.reader.total_bytes(), unit="B", unit_scale=True, desc="building", disable=None)
     with bar, closing(tokenized_chunks(chunks, choice.tokenizer, options.num_workers)) as tokenized:
         for chunk in tokenized:
@@ -405,14 +469,16 @@ def write_shards(
             tokens = chunk.tokens
             stats.counter.add(chunk.split_of_line(), tokens.ids, tokens.line_lengths, tokens.sentences,
                               tokens.unknown_characters)  # fmt: skip
-            for split in chunk.splits:
+            for split, lines in chunk.documents():
                 stats.num_documents[split] += 1
-            for target in targets:
-                target.add(chunk)
+                stats.sample.add(split, lines)
+                key = keys.popleft() if keys is not None else None
+                for target in targets:
+                    target.add(split, lines, key)
             done += 1
             if sum(target.num_shards() for target in targets) > shards or journal.stop.signal_name:
                 journal.commit(done, {"counter": stats.counter, "num_documents": stats.num_documents,
-                                      "targets": [target.state_dict() for target in targets]})  # fmt: skip
+                                      "sample": stats.sample, "targets": [target.state_dict() for target in targets]})  # fmt: skip
                 journal.stop.check(options.output_dir)
             bar.update(stats.reader.counters.bytes_on_disk - bar.n)
     for target in targets:
@@ -421,15 +487,19 @@ def write_shards(
     return stats
 
 
-def _resume(journal: BuildJournal, chunks: Iterator[_Chunk], stats: BuildStats, targets: list[_Target]) -> int:
+def _resume(
+    journal: BuildJournal, chunks: Iterator[_Chunk], stats: BuildStats, targets: list[_Target], keys: deque[int] | None
+) -> int:
     """Chunks done by a stopped build (0 for a new one): read them again without tokenising
     them (which rebuilds the reader's counts and the de-duplication set), then restore the
-    packing state of the last commit."""
+    packing, indexing and sample state of the last commit."""
     done, state = journal.load()
     for _ in range(done):
         next(chunks)
+    if keys is not None:
+        keys.clear()  # those chunks' documents are already indexed
     if state is not None:
-        stats.counter, stats.num_documents = state["counter"], state["num_documents"]
+        stats.counter, stats.num_documents, stats.sample = state["counter"], state["num_documents"], state["sample"]
         for target, target_state in zip(targets, state["targets"]):
             target.load_state_dict(target_state)
     return done
@@ -469,9 +539,11 @@ def _write_metadata(
         num_sequences={split: writer.num_sequences for split, writer in writers.items()},
         num_tokens={split: writer.num_tokens for split, writer in writers.items()},
         shards={split: writer.names for split, writer in writers.items()},
+        shard_rows={split: writer.shard_rows for split, writer in writers.items()},
         dtype=np.dtype(writers["train"].dtype).name, packing=options.packing, dedup=options.dedup,
     )  # fmt: skip
     metadata.report = stats.counter.report(metadata, stats.reader.counters, stats.deduplicator)
+    metadata.report.warnings += length_warnings(metadata, stats.sample)
     write_json(target.folder / "dataset.json", metadata.model_dump())
     write_text(target.folder / "report.txt", render_report(metadata))
     _print_summary(metadata, stats, Path(options.output_dir) / _subfolder(options, target.seq_len))

@@ -11,6 +11,7 @@ import numpy as np
 
 from dataset.text.corpus import Deduplicator, ReadCounters
 from dataset.text.format import SPLITS, CorpusReport, MLMDatasetMetadata
+from dataset.text.packing import pack_lines
 
 UNKNOWN_RATE_WARNING = 0.005
 """[UNK] share above which the vocabulary is said not to cover the text (a WordPiece
@@ -19,6 +20,15 @@ PIECES_PER_WORD_WARNING = 1.5
 """Pieces per word above which a bigger vocabulary is suggested (bert-base-uncased gives
 about 1.1-1.2 on English Wikipedia)."""
 NUM_UNKNOWN_CHARACTERS = 10
+PRESET_POSITIONS = 512
+"""Positions of the BERT presets (`arch.max_position_embeddings` in config/arch/bert.yaml):
+a longer `--max-seq-length` is refused at training start unless the run sets more."""
+LOW_FILL_WARNING = 0.5
+"""Share of the sequence positions holding tokens below which a shorter length is suggested."""
+GOOD_FILL = 0.9
+"""Fill rate the suggested `--max-seq-length` reaches (estimated by packing a sample of the documents)."""
+SAMPLE_LINES = 100_000
+"""Lines of training documents whose lengths are kept to estimate the fill of other lengths."""
 
 
 class ReportCounter:
@@ -90,6 +100,74 @@ def vocabulary_warnings(report: CorpusReport) -> list[str]:
             "a bigger --vocab-size, or a tokenizer made for this language, would fit better"
         )
     return warnings
+
+
+class DocumentSample:
+    """Line lengths (tokens) of the first training documents, up to `SAMPLE_LINES` lines:
+    enough to replay the packing at other lengths, in bounded memory."""
+
+    def __init__(self):
+        self.documents: list[np.ndarray] = []
+        self.num_lines = 0
+
+    def add(self, split: str, lines: list[np.ndarray]) -> None:
+        """Keep the line lengths of one document (`lines`: token ids per line) while there is room."""
+        if split == "train" and self.num_lines < SAMPLE_LINES:
+            self.documents.append(np.array([len(line) for line in lines], dtype=np.int64))
+            self.num_lines += len(lines)
+
+    def fill(self, max_seq_length: int, nsp: bool) -> float:
+        """Estimated fill rate of these documents built at `max_seq_length`: each packed
+        into segments by `pack_lines`, as the builder packs them (with NSP, two segments
+        per row, an approximation of the pairing)."""
+        num_specials = 3 if nsp else 2
+        capacity = (max_seq_length - 3) // 2 if nsp else max_seq_length - 2
+        tokens = rows = 0
+        for lengths in self.documents:
+            segments = pack_lines([np.empty(length, dtype=np.int8) for length in lengths], capacity)
+            document_rows = -(-len(segments) // 2) if nsp else len(segments)
+            tokens += int(lengths.sum()) + num_specials * document_rows
+            rows += document_rows
+        return tokens / max(1, rows * max_seq_length)
+
+    def median_document(self) -> int:
+        """Text tokens of the median sampled document."""
+        return int(np.median([lengths.sum() for lengths in self.documents])) if self.documents else 0
+
+
+def suggested_length(sample: DocumentSample, seq_len: int, nsp: bool) -> tuple[int, float]:
+    """(the longest of 64, 128, 256, 512 below `seq_len` whose estimated fill is at least
+    `GOOD_FILL`, else the best filled one; its estimated fill)."""
+    candidates = [length for length in (64, 128, 256, PRESET_POSITIONS) if length < seq_len] or [seq_len]
+    fills = {length: sample.fill(length, nsp) for length in candidates}
+    good = [length for length in candidates if fills[length] >= GOOD_FILL]
+    best = max(good) if good else max(candidates, key=lambda length: fills[length])
+    return best, fills[best]
+
+
+def length_warnings(metadata: MLMDatasetMetadata, sample: DocumentSample) -> list[str]:
+    """One line when `--max-seq-length` is longer than the presets' positions or leaves most
+    positions empty, naming a better choice measured on a sample of the documents."""
+    fill = metadata.report.fill_rate.get("train", 1.0)
+    too_long = metadata.seq_len > PRESET_POSITIONS
+    if not too_long and fill >= LOW_FILL_WARNING:
+        return []
+    problems = []
+    if too_long:
+        problems.append(f"is longer than the {PRESET_POSITIONS} positions of the BERT presets (training refuses it "
+                        f"unless arch.max_position_embeddings>={metadata.seq_len})")
+    if fill < LOW_FILL_WARNING:
+        problems.append(f"leaves {1 - fill:.0%} of the positions as padding")
+    better, better_fill = suggested_length(sample, metadata.seq_len, metadata.nsp)
+    shorter = (f"--max-seq-length {better} (about {better_fill:.0%} of the positions filled, estimated from the "
+               f"documents' line lengths)")
+    if better_fill >= GOOD_FILL or metadata.nsp or metadata.packing == "full":
+        advice = f"rebuild with {shorter}"
+    else:
+        advice = (f"with one document per sequence no length fills {GOOD_FILL:.0%} (median document "
+                  f"{sample.median_document()} tokens): rebuild with --packing full (documents back to back, nearly "
+                  f"every position filled) or {shorter}")
+    return [f"--max-seq-length {metadata.seq_len} {' and '.join(problems)}; {advice}"]
 
 
 def render_report(metadata: MLMDatasetMetadata, with_warnings: bool = True) -> str:

@@ -28,15 +28,15 @@ def count_batch(batch: dict[str, np.ndarray]) -> dict[str, int]:
     return {"examples": len(batch["input_ids"]), "tokens": int(batch["attention_mask"].sum())}
 
 
+def _sized_like_checkpoint(arch: dict, vocab_size: int, config: BertConfig) -> BertConfig:
+    return config.sized_like(arch, vocab_size)
+
+
 PLUGIN = ArchPlugin(
     name="bert", config_class=BertConfig, build=build_bert, data_kind="mlm", param_groups=param_groups,
     main_loss="mlm_loss", count_batch=count_batch, train_flops=train_flops, hf_config=hf.config_from_hf,
-    hf_load=hf.load_hf_weights,
+    hf_load=hf.load_hf_weights, checkpoint_config=_sized_like_checkpoint,
 )
-
-
-def _sized_like_checkpoint(arch: dict, vocab_size: int, config: BertTaskConfig) -> BertTaskConfig:
-    return config.sized_like(arch, vocab_size)
 
 
 TASK_PLUGINS = {

@@ -8,7 +8,7 @@ Face conversion agree on them. Unknown keys are errors.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -115,6 +115,13 @@ class BertConfig(ArchConfig):
         """The model's vocabulary: `vocab_size` when set, else the dataset's."""
         return dataset_vocab_size if self.vocab_size is None else self.vocab_size
 
+    def sized_like(self, arch: dict, vocab_size: int) -> Self:
+        """This config with the weight-shaping fields of a checkpoint's `arch` section
+        (`vocab_size` resolved to `vocab_size` when the checkpoint left it to its dataset)."""
+        updates = {key: arch[key] for key in SIZE_FIELDS if key in arch}
+        updates["vocab_size"] = updates.get("vocab_size") or vocab_size
+        return type(self).model_validate({**self.model_dump(), **updates})
+
 
 TASK_ARCHS = ("bert_cls", "bert_ner", "bert_qa")
 """The fine-tuning architectures: sequence classification/regression, token
@@ -155,9 +162,3 @@ class BertTaskConfig(BertConfig):
         """The dropout applied before the classifier."""
         return self.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
 
-    def sized_like(self, arch: dict, vocab_size: int) -> BertTaskConfig:
-        """This config with the weight-shaping fields of a checkpoint's `arch` section
-        (`vocab_size` resolved to `vocab_size` when the checkpoint left it to its dataset)."""
-        updates = {key: arch[key] for key in SIZE_FIELDS if key in arch}
-        updates["vocab_size"] = updates.get("vocab_size") or vocab_size
-        return type(self).model_validate({**self.model_dump(), **updates})

@@ -366,7 +366,10 @@ def build_bert(config: BertConfig, metadata) -> Bert:
     if config.max_position_embeddings < metadata.seq_len:
         raise UserError(
             f"arch.max_position_embeddings ({config.max_position_embeddings}) is smaller than the "
-            f"dataset's sequence length ({metadata.seq_len}); set arch.max_position_embeddings>={metadata.seq_len}"
+            f"dataset's sequence length ({metadata.seq_len}); rebuild the dataset with --max-seq-length "
+            f"{config.max_position_embeddings} or shorter (BERT pretrains at 128, then 512), or set "
+            f"arch.max_position_embeddings={metadata.seq_len} to train a model with that many positions (more "
+            f"parameters; a pretrained checkpoint's positions cannot grow)"
         )
     if config.loss.use_nsp and not metadata.nsp:
         raise UserError(
