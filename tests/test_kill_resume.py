@@ -300,3 +300,5 @@ def test_keep_last_keeps_the_newest_and_the_best_by_the_eval_metric(tmp_path, ca
         evaluated[best])
     out = capsys.readouterr().out
     assert f"best checkpoint by all/lm_loss (max): {run_dir / f'step_{best}'} ({evaluated[best]:.6g})" in out
+    # Evaluation progress when stdout is not a terminal: a line at the start and one per set.
+    assert "evaluating at step 24\n" in out and re.search(r"eval at step 24: set all done, 1 batch\(es\) in [\d.]+ s\n", out)
