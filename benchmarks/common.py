@@ -164,9 +164,14 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def add_no_record_option(parser) -> None:
+    """`--no-record`: print the table instead of appending it to benchmarks/RESULTS.md."""
+    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+
+
 def add_output_options(parser) -> None:
     """`--no-record`, `--results-file` and `--json`: where a benchmark's results go."""
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    add_no_record_option(parser)
     parser.add_argument("--results-file", type=Path, default=None,
                         help="append the results section to this file instead of benchmarks/RESULTS.md")
     parser.add_argument("--json", type=Path, default=None,
@@ -180,11 +185,17 @@ def record(args, title: str, table: str, notes: list[str], medians: dict | None 
         tables[title] = medians or {}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(tables, indent=1) + "\n")
+    print_or_record(args, title, table, notes, print_notes=True, results_file=args.results_file)
+
+
+def print_or_record(args, title: str, table: str, notes: list[str], print_notes: bool = False,
+                    results_file: Path | None = None) -> None:
+    """With `--no-record`, print the table (and the notes when `print_notes`); otherwise
+    append a dated section with the command line, the machine, the table and the notes."""
     if args.no_record:
-        print(table)
-        print("\n".join(notes))
+        print("\n".join([table, *notes]) if print_notes else table)
         return
-    append_results(title, command_line(), table, notes, args.results_file)
+    append_results(title, command_line(), table, notes, results_file)
 
 
 def append_results(title: str, command: str, table: str, notes: list[str], results_file: Path | None = None) -> None:

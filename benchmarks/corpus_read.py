@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=3, help="copies of wikitext-2 validation")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    common.add_no_record_option(parser)
     parser.add_argument("--worker", choices=("build", "dedup"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--input", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--num-workers", default="2", help=argparse.SUPPRESS)
@@ -143,11 +143,8 @@ def main(argv: list[str] | None = None) -> None:
         f"de-duplication hash set: {dedup['mb_per_million']:.0f} MB of resident memory per million distinct "
         "documents (or paragraphs with --dedup paragraphs)",
     ]
-    if args.no_record:
-        print(table + "\n" + "\n".join(notes))
-        return
-    common.append_results("corpus_read: input formats, workers, de-duplication memory", common.command_line(), table,
-                          notes)
+    common.print_or_record(args, "corpus_read: input formats, workers, de-duplication memory", table, notes,
+                        print_notes=True)
 
 
 if __name__ == "__main__":

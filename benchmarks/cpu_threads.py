@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     """Measure both conditions and record the table."""
     parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    common.add_no_record_option(parser)
     args = parser.parse_args(argv)
     data = bert_train.prepare_dataset(128)
     rows, notes = [], []
@@ -91,10 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                                  "threads the default chose"], rows)
     notes.append("bert: bert_tiny, length 128, batch 16, 8 timed steps; trm: the `small` size of "
                  "benchmarks.trm_train, 3 timed steps; ratios are to 1 thread in the same condition")
-    if args.no_record:
-        print(table)
-        return
-    common.append_results("cpu_threads: the default thread count, idle and loaded", common.command_line(), table, notes)
+    common.print_or_record(args, "cpu_threads: the default thread count, idle and loaded", table, notes)
 
 
 if __name__ == "__main__":

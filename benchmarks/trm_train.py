@@ -11,7 +11,7 @@ on 30 x 30 grids: 900 + 16 positions, 12 tokens) or a small one, on the same ran
 batches of the task's shape (`--shape`; Sudoku's unless the size is `arc`), in float32
 on CPU and bf16 autocast on CUDA:
 - "this project": `training.loop.train_step` on `models.trm.TRM` with Adam-atan2 and
-  the sparse sign-SGD of `utils.optim` (compiled on CUDA; "eager" too with `--device cuda`);
+  the sparse sign-SGD of `training.optim` (compiled on CUDA; "eager" too with `--device cuda`);
 - "reference": `ReferenceTRM` below, a direct, readable transcription of
   ../shared/reference/TRM.md sections 3-5 in eager PyTorch, with a per-tensor Adam-atan2.
 Every optimiser step is one supervision step for every slot of the batch (continuous

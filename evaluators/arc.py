@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from core.errors import UserError
 from dataset.puzzles import arc
+from evaluators.base import EvaluatorOptions
 from evaluators.gather import gather_objects
 
 FALLBACK_GRID = [[0]]
@@ -32,10 +33,8 @@ Votes = dict[VoteKey, dict[str, list]]
 """key -> grid hash -> [grid (uint8 array), vote count, sum of halting probabilities]."""
 
 
-class ARCEvaluatorConfig(BaseModel):
+class ARCEvaluatorConfig(EvaluatorOptions):
     """Options of the `arc` evaluator (unknown keys are refused)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     aggregated_voting: bool = False
     """Keep votes across evaluation rounds (TRM's behaviour); by default each round starts empty."""

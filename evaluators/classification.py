@@ -13,14 +13,10 @@ folder, GLUE's submission layout: `index<TAB>prediction`, the class name or the 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
-from dataset.tasks.format import load_task_metadata
-from evaluators.gather import gather_records, write_predictions
+from evaluators.base import EvaluatorOptions, FineTuningEvaluator
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -95,47 +91,33 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
             "mcc": matthews_correlation(predictions, labels, num_classes)}
 
 
-class ClassificationEvaluatorConfig(BaseModel):
+class ClassificationEvaluatorConfig(EvaluatorOptions):
     """Options of the `classification` evaluator (none yet; unknown keys are refused)."""
 
-    model_config = ConfigDict(extra="forbid")
 
-
-class ClassificationEvaluator:
+class ClassificationEvaluator(FineTuningEvaluator):
     """Collects each row's logits and label, then scores every evaluation set."""
 
     required_outputs = ("logits",)
 
     def __init__(self, data_path: str, config: ClassificationEvaluatorConfig | None = None):
-        self.metadata = load_task_metadata([data_path])
-        self.records: dict[str, dict[int, tuple[np.ndarray, float]]] = {}
+        super().__init__(data_path)
 
-    def begin(self) -> None:
-        """Forget the previous round."""
-        self.records = {}
-
-    def update(self, set_name: str, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
-        """Record (logits, label) of every real row."""
-        rows = batch["row_index"].numpy()
+    def row_records(self, set_name: str, rows: list[int], positions: np.ndarray, batch: dict[str, torch.Tensor],
+                    outputs: dict[str, torch.Tensor]) -> list[tuple[np.ndarray, float]]:
+        """(logits, label) of every real row."""
         logits, labels = outputs["logits"].float().numpy(), batch["labels"].float().numpy()
-        target = self.records.setdefault(set_name, {})
-        for position in np.flatnonzero(rows >= 0):
-            target[int(rows[position])] = (logits[position], float(labels[position]))
+        return [(logits[position], float(labels[position])) for position in positions]
 
-    def finish(self, run_dir: Path | None, rank: int, world_size: int) -> dict[str, float] | None:
-        """Gather, score each set, write `predictions/<set>.tsv` on rank 0."""
-        records = gather_records(self.records, world_size)
-        if rank != 0:
-            return None
-        metrics = {}
-        for set_name, rows in records.items():
-            order = sorted(rows)
-            logits = np.stack([rows[row][0] for row in order])  # (n, C)
-            labels = np.array([rows[row][1] for row in order])  # (n,)
-            metrics.update({f"{set_name}/{k}": v for k, v in classification_metrics(logits, labels).items()})
-            if run_dir is not None:
-                write_predictions(run_dir, f"{set_name}.tsv", self._tsv(order, logits))
-        return metrics
+    def score_set(self, set_name: str,
+                  rows: dict[int, tuple[np.ndarray, float]]) -> tuple[dict[str, float], dict[str, str]]:
+        """The set's metrics and `<set>.tsv`; nothing for a set without rows."""
+        if not rows:
+            return {}, {}
+        order = sorted(rows)
+        logits = np.stack([rows[row][0] for row in order])  # (n, C)
+        labels = np.array([rows[row][1] for row in order])  # (n,)
+        return classification_metrics(logits, labels), {f"{set_name}.tsv": self._tsv(order, logits)}
 
     def _tsv(self, rows: list[int], logits: np.ndarray) -> str:
         if logits.shape[1] == 1:

@@ -14,14 +14,11 @@ blank line between sentences (conlleval's input).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
-from dataset.tasks.format import load_split, load_task_metadata, read_examples
-from evaluators.gather import gather_records, write_predictions
+from dataset.tasks.format import load_split, read_examples
+from evaluators.base import EvaluatorOptions, FineTuningEvaluator
 
 Entity = tuple[str, int, int]
 """(type, first word, last word)."""
@@ -76,56 +73,40 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
-class NEREvaluatorConfig(BaseModel):
+class NEREvaluatorConfig(EvaluatorOptions):
     """Options of the `ner` evaluator (none yet; unknown keys are refused)."""
 
-    model_config = ConfigDict(extra="forbid")
 
-
-class NEREvaluator:
+class NEREvaluator(FineTuningEvaluator):
     """Collects each sentence's word-level predictions, then scores every evaluation set."""
 
     required_outputs = ("predictions",)
 
     def __init__(self, data_path: str, config: NEREvaluatorConfig | None = None):
-        self.root = Path(data_path)
-        self.metadata = load_task_metadata([data_path])
+        super().__init__(data_path)
         self.word_ids = {name: load_split(self.root, self.metadata, name)["word_ids"] for name in self.metadata.eval_sets}
-        self.records: dict[str, dict[int, dict[int, int]]] = {}
 
-    def begin(self) -> None:
-        """Forget the previous round."""
-        self.records = {}
-
-    def update(self, set_name: str, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
-        """Record {word: predicted tag id} of every real row."""
-        rows, predictions = batch["row_index"].numpy(), outputs["predictions"].numpy()  # (B,), (B, W)
+    def row_records(self, set_name: str, rows: list[int], positions: np.ndarray, batch: dict[str, torch.Tensor],
+                    outputs: dict[str, torch.Tensor]) -> list[dict[int, int]]:
+        """{word: predicted tag id} of every real row, read at each word's first piece."""
+        predictions = outputs["predictions"].numpy()  # (B, W)
         width = predictions.shape[1]
-        target = self.records.setdefault(set_name, {})
-        for position in np.flatnonzero(rows >= 0):
-            word_ids = np.asarray(self.word_ids[set_name][rows[position], :width])  # (W,)
+        records = []
+        for row, position in zip(rows, positions):
+            word_ids = np.asarray(self.word_ids[set_name][row, :width])  # (W,)
             first_pieces = np.flatnonzero(word_ids >= 0)
-            target[int(rows[position])] = dict(zip(word_ids[first_pieces].tolist(),
-                                                   predictions[position, first_pieces].tolist()))
+            records.append(dict(zip(word_ids[first_pieces].tolist(), predictions[position, first_pieces].tolist())))
+        return records
 
-    def finish(self, run_dir: Path | None, rank: int, world_size: int) -> dict[str, float] | None:
-        """Gather, score each set, write `predictions/<set>.conll` on rank 0."""
-        records = gather_records(self.records, world_size)
-        if rank != 0:
-            return None
-        metrics = {}
-        for set_name in self.metadata.eval_sets:
-            examples = read_examples(self.root, set_name)
-            rows = records.get(set_name, {})
-            gold = [example["tags"] for example in examples]
-            predicted = [[self.metadata.labels[rows.get(index, {}).get(word, 0)] for word in range(len(example["words"]))]
-                         for index, example in enumerate(examples)]
-            scores = entity_scores(gold, predicted)
-            words = sum(len(tags) for tags in gold)
-            scores["accuracy"] = sum(g == p for gs, ps in zip(gold, predicted) for g, p in zip(gs, ps)) / max(words, 1)
-            metrics.update({f"{set_name}/{key}": value for key, value in scores.items()})
-            if run_dir is not None:
-                lines = ["".join(f"{w} {g} {p}\n" for w, g, p in zip(e["words"], gs, ps)) + "\n"
-                         for e, gs, ps in zip(examples, gold, predicted)]
-                write_predictions(run_dir, f"{set_name}.conll", "".join(lines))
-        return metrics
+    def score_set(self, set_name: str, rows: dict[int, dict[int, int]]) -> tuple[dict[str, float], dict[str, str]]:
+        """Entity scores and word accuracy of the set, and `<set>.conll`."""
+        examples = read_examples(self.root, set_name)
+        gold = [example["tags"] for example in examples]
+        predicted = [[self.metadata.labels[rows.get(index, {}).get(word, 0)] for word in range(len(example["words"]))]
+                     for index, example in enumerate(examples)]
+        scores = entity_scores(gold, predicted)
+        words = sum(len(tags) for tags in gold)
+        scores["accuracy"] = sum(g == p for gs, ps in zip(gold, predicted) for g, p in zip(gs, ps)) / max(words, 1)
+        lines = ["".join(f"{w} {g} {p}\n" for w, g, p in zip(e["words"], gs, ps)) + "\n"
+                 for e, gs, ps in zip(examples, gold, predicted)]
+        return scores, {f"{set_name}.conll": "".join(lines)}

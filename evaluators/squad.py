@@ -21,14 +21,12 @@ import collections
 import json
 import re
 import string
-from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
-from dataset.tasks.format import load_split, load_task_metadata, read_examples
-from evaluators.gather import gather_records, write_predictions
+from dataset.tasks.format import load_split, read_examples
+from evaluators.base import EvaluatorOptions, FineTuningEvaluator
 
 PUNCTUATION = set(string.punctuation)
 ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
@@ -100,52 +98,34 @@ def best_answer(windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], contex
     return best_text, best_score, null_score
 
 
-class SquadEvaluatorConfig(BaseModel):
+class SquadEvaluatorConfig(EvaluatorOptions):
     """Options of the `squad` evaluator (unknown keys are refused)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     null_score_diff_threshold: float = 0.0
     """v2.0: answer nothing when the null score exceeds the best span's by more than this."""
 
 
-class SquadEvaluator:
+class SquadEvaluator(FineTuningEvaluator):
     """Collects the start/end logits of every window, then decodes and scores each set."""
 
     required_outputs = ("start_logits", "end_logits")
 
     def __init__(self, data_path: str, config: SquadEvaluatorConfig | None = None):
+        super().__init__(data_path)
         self.config = config or SquadEvaluatorConfig()
-        self.root = Path(data_path)
-        self.metadata = load_task_metadata([data_path])
-        self.records: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
 
-    def begin(self) -> None:
-        """Forget the previous round."""
-        self.records = {}
-
-    def update(self, set_name: str, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
-        """Record the (start, end) logits of every real window."""
-        rows = batch["row_index"].numpy()
+    def row_records(self, set_name: str, rows: list[int], positions: np.ndarray, batch: dict[str, torch.Tensor],
+                    outputs: dict[str, torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The (start, end) logits of every real window."""
         starts, ends = outputs["start_logits"].float().numpy(), outputs["end_logits"].float().numpy()  # (B, W)
-        target = self.records.setdefault(set_name, {})
-        for position in np.flatnonzero(rows >= 0):
-            target[int(rows[position])] = (starts[position], ends[position])
+        return [(starts[position], ends[position]) for position in positions]
 
-    def finish(self, run_dir: Path | None, rank: int, world_size: int) -> dict[str, float] | None:
-        """Gather, decode, score each set, write its predictions.json on rank 0."""
-        records = gather_records(self.records, world_size)
-        if rank != 0:
-            return None
-        metrics = {}
-        for set_name in self.metadata.eval_sets:
-            examples = read_examples(self.root, set_name)
-            predictions = self.predict(set_name, examples, records.get(set_name, {}))
-            scores = squad_scores(predictions, examples)
-            metrics.update({f"{set_name}/{key}": value for key, value in scores.items()})
-            if run_dir is not None:
-                write_predictions(run_dir, f"{set_name}/predictions.json", json.dumps(predictions, indent=1))
-        return metrics
+    def score_set(self, set_name: str,
+                  rows: dict[int, tuple[np.ndarray, np.ndarray]]) -> tuple[dict[str, float], dict[str, str]]:
+        """Decode the set's answers; their scores and `<set>/predictions.json`."""
+        examples = read_examples(self.root, set_name)
+        predictions = self.predict(set_name, examples, rows)
+        return squad_scores(predictions, examples), {f"{set_name}/predictions.json": json.dumps(predictions, indent=1)}
 
     def predict(self, set_name: str, examples: list[dict],
                 rows: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[str, str]:

@@ -1,7 +1,11 @@
-"""Small datasets and in-process runs shared by the training tests."""
+"""Small datasets, in-process runs and subprocess launches shared by the tests."""
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,35 @@ def compose_config(overrides: list[str]) -> dict:
     """The plain dict that `pretrain.py` would see for these command-line overrides."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         return OmegaConf.to_container(compose("cfg_pretrain", overrides=overrides), resolve=True)
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a test's subprocess: one torch thread, this checkout first on the
+    import path, and Hydra's one-line errors."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def torchrun_command(port: int) -> list[str]:
+    """The command that starts a script on 2 processes (gloo on CPU); each test its own
+    `port`, so that tests running side by side do not meet."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+
+
+def run_one_and_two_processes(args: list[str], folder: Path, port: int) -> tuple[Path, Path]:
+    """`pretrain.py args` in one process, then on two with torchrun; their run folders
+    (`folder/one`, `folder/two`). A run that fails fails the test with its error output."""
+    for name, launcher in (("one", [sys.executable]), ("two", torchrun_command(port))):
+        done = subprocess.run([*launcher, "pretrain.py", *args, f"+checkpoint_path={folder / name}"], cwd=REPO,
+                              env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    return folder / "one", folder / "two"
+
+
+def step_values(records: list[dict], key: str) -> dict[int, float]:
+    """{step: value of `key`} of the metric records that hold `key`."""
+    return {record["step"]: record[key] for record in records if key in record}
 
 
 def make_puzzle_dataset(root: Path, num_train: int = 48, num_test: int = 16, seq_len: int = 8, seed: int = 0) -> Path:
@@ -99,6 +132,24 @@ def run_builder(main, *flags) -> int:
     except SystemExit as exit_:
         return exit_.code
     return 0
+
+
+def assert_builder_refuses(build, flags: list, message: str, tmp_path: Path, capsys) -> None:
+    """`build(*flags, "--output-dir", tmp_path / "out")` (`{tmp}` in a flag standing for
+    `tmp_path`) exits 2 with one error line holding `message` and leaves no output folder,
+    finished or partial."""
+    flags = [str(flag).replace("{tmp}", str(tmp_path)) for flag in flags]
+    status = build(*flags, "--output-dir", tmp_path / "out")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def write_puzzle_csv(path: Path, rows: list[list[str]]) -> None:
+    """A puzzle source CSV (`source,question,answer,rating`, as the Sudoku and Maze builders read)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as file:
+        csv.writer(file).writerows([["source", "question", "answer", "rating"], *rows])
 
 
 def load_puzzle_arrays(folder: Path, split: str) -> dict[str, np.ndarray]:

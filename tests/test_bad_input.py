@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ import torch
 from core.errors import UserError, run_cli
 from dataset import build_arc_dataset, build_sudoku_dataset, build_text_mlm_dataset
 from pretrain import launch
+from tests import helpers
 from tests.helpers import REPO, TINY_BERT, TINY_TRM, compose_config, make_mlm_dataset, make_puzzle_dataset
 from training import checkpoint as checkpoint_module
 from training.build import setup
@@ -323,9 +323,8 @@ def test_disk_full_keeps_the_previous_checkpoint(runs, tmp_path, monkeypatch):
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=helpers.subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -4,10 +4,6 @@ give the same losses."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import transformers
@@ -16,7 +12,15 @@ from safetensors.torch import load_file
 from dataset import build_text_cls_dataset, build_text_mlm_dataset
 from models.registry import get_arch
 from pretrain import launch
-from tests.helpers import REPO, TINY_BERT, compose_config, make_cls_files, make_mlm_dataset, run_builder
+from tests.helpers import (
+    TINY_BERT,
+    compose_config,
+    make_cls_files,
+    make_mlm_dataset,
+    run_builder,
+    run_one_and_two_processes,
+    step_values,
+)
 from training.checkpoint import find_latest
 from training.config import PretrainConfig, validate
 from training.init_from import starting_point
@@ -89,29 +93,17 @@ def test_a_classifier_learns_writes_predictions_evaluates_and_exports(pretrained
     assert hf.config.id2label == {0: "0", 1: "1"}
 
 
-def _losses(run_dir):
-    return {r["step"]: r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r}
-
-
 @pytest.mark.multiprocess
 def test_two_processes_fine_tune_like_one(pretrained, tmp_path):
     args = FINETUNE + [f"data_paths=[{pretrained / 'cls'}]", f"+init_from={pretrained / 'pre'}", "epochs=1",
                        "eval_interval=1", "arch.hidden_dropout_prob=0.0", "arch.attention_dropout_prob=0.0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    single = subprocess.run([sys.executable, "pretrain.py", *args, f"+checkpoint_path={tmp_path / 'one'}"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
-    double = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29523",
-         "pretrain.py", *args, f"+checkpoint_path={tmp_path / 'two'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert double.returncode == 0, double.stderr[-2000:]
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    one_dir, two_dir = run_one_and_two_processes(args, tmp_path, port=29523)
+    one, two = step_values(read_metrics(one_dir), "train/loss"), step_values(read_metrics(two_dir), "train/loss")
     assert sorted(one) == sorted(two) == list(range(1, 9))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), step
-    eval_one = [r for r in read_metrics(tmp_path / "one") if "dev/accuracy" in r][-1]
-    eval_two = [r for r in read_metrics(tmp_path / "two") if "dev/accuracy" in r][-1]
+    eval_one = [r for r in read_metrics(one_dir) if "dev/accuracy" in r][-1]
+    eval_two = [r for r in read_metrics(two_dir) if "dev/accuracy" in r][-1]
     assert eval_two["dev/accuracy"] == eval_one["dev/accuracy"]
     assert eval_two["dev/loss"] == pytest.approx(eval_one["dev/loss"], rel=1e-4)
     assert (tmp_path / "two" / "predictions" / "dev.tsv").read_text() == (tmp_path / "one" / "predictions" / "dev.tsv").read_text()

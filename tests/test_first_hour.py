@@ -19,6 +19,7 @@ from core.errors import ConfigError
 from dataset.text.loader import iter_mlm_eval_batches
 from dataset.text.masking import MaskingConfig
 from pretrain import launch
+from tests import helpers
 from tests.helpers import REPO, TINY_BERT, TINY_TRM, compose_config, make_mlm_dataset, make_puzzle_dataset
 from training import distributed
 from training.checkpoint import find_latest, list_checkpoints
@@ -27,14 +28,8 @@ from training.metrics import ThroughputMeter, natural_key, read_metrics
 TRM_RUN = TINY_TRM + ["global_batch_size=16", "epochs=4", "eval_interval=4", "lr=1e-3"]
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
 def _cli(args: list[str], cwd, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "pretrain.py"), *args], cwd=cwd, env=_env(),
+    return subprocess.run([sys.executable, str(REPO / "pretrain.py"), *args], cwd=cwd, env=helpers.subprocess_env(),
                           capture_output=True, text=True, timeout=300, **kwargs)
 
 
@@ -114,9 +109,9 @@ def test_eval_only_gives_the_same_metrics_on_two_processes(tmp_path):
     one = ["eval_only=true", f"+load_checkpoint={run}", "global_batch_size=6"]
     launch(compose_config(one), one)
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29541",
-         str(REPO / "pretrain.py"), "eval_only=true", f"+load_checkpoint={run}", "global_batch_size=4"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
+        [*helpers.torchrun_command(29541), str(REPO / "pretrain.py"), "eval_only=true", f"+load_checkpoint={run}",
+         "global_batch_size=4"],
+        cwd=tmp_path, env=helpers.subprocess_env(), capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     single, double = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
@@ -252,7 +247,7 @@ CLIS = ["dataset/build_sudoku_dataset.py", "dataset/build_maze_dataset.py", "dat
 @pytest.mark.parametrize("script", CLIS)
 def test_every_flag_has_help_and_shows_its_default(script):
     result = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
-                            env=_env(), timeout=60)
+                            env=helpers.subprocess_env(), timeout=60)
     assert result.returncode == 0, result.stderr
     options = result.stdout[result.stdout.index("options:"):]
     entries = re.split(r"\n  (?=-)", options)[1:]
@@ -299,8 +294,8 @@ def test_plots_label_their_axes_and_span_the_run(tmp_path):
 
 
 def _start(args, tmp_path, **kwargs):
-    return subprocess.Popen([sys.executable, str(REPO / "pretrain.py"), *args], cwd=tmp_path, env=_env(),
-                            text=True, **kwargs)
+    return subprocess.Popen([sys.executable, str(REPO / "pretrain.py"), *args], cwd=tmp_path,
+                            env=helpers.subprocess_env(), text=True, **kwargs)
 
 
 def _wait_for_metrics(run, process, count=2, timeout=180):

@@ -5,14 +5,13 @@ whole script's CPU dry run, as CI runs it (no ../shared, no GPU)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import zipfile
 
 import pytest
 
 from benchmarks import gpu_check
-from tests.helpers import REPO
+from tests.helpers import REPO, subprocess_env
 
 
 def _wheel(folder, name: str, files: list[str], requires: tuple[str, ...] = ()):
@@ -88,7 +87,7 @@ def test_the_cpu_dry_run_runs_every_step_and_writes_its_results_file(tmp_path):
     """The done-when line of issue 11: `--device cpu --tiny` end to end, without ../shared
     (`--demo-data`: BERT on the standard library's docstrings) and without a GPU."""
     output = tmp_path / "gpu_check.md"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)}
+    env = {**subprocess_env(), "TMPDIR": str(tmp_path)}
     env.pop("OUT", None)
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--tiny",
                            "--demo-data", "--output", str(output)], cwd=REPO, env=env, capture_output=True,

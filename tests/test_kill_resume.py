@@ -35,6 +35,7 @@ import torch
 from core.errors import UserError
 from models.trm.model import TRM
 from pretrain import launch
+from tests import helpers
 from tests.helpers import REPO, TINY_BERT, TINY_TRM, compose_config, make_mlm_dataset, make_puzzle_dataset
 from training import loop as train_loop
 from training.checkpoint import list_checkpoints, read_checkpoint
@@ -54,16 +55,6 @@ ARCHS = {
 }
 LOSS_KEYS = {"trm": "train/lm_loss", "bert": "train/mlm_loss"}
 
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
-def _losses(records: list[dict], key: str) -> dict[int, float]:
-    return {record["step"]: record[key] for record in records if key in record}
 
 
 def _wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 180.0) -> None:
@@ -97,7 +88,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(arch, tmp_path, monkey
     run_dir = tmp_path / "checkpoints" / "proj" / "run"
     killed = subprocess.Popen(
         [sys.executable, str(REPO / "pretrain.py"), *overrides, "+project_name=proj", "+run_name=run"],
-        cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=helpers.subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     _wait_for(lambda: bool(list_checkpoints(run_dir)), killed, "its first checkpoint")
     killed.send_signal(signal.SIGKILL)
@@ -117,10 +108,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(arch, tmp_path, monkey
     records = read_metrics(run_dir)
     logged_steps = [r["step"] for r in records if LOSS_KEYS[arch] in r]
     assert len(logged_steps) == len(set(logged_steps))  # what the killed run logged past its checkpoint is dropped
-    resumed = _losses([r for r in records if r["step"] > resume_step], LOSS_KEYS[arch])
+    resumed = helpers.step_values([r for r in records if r["step"] > resume_step], LOSS_KEYS[arch])
 
     launch(compose_config(overrides + [f"max_steps={COMPARED_STEPS}", f"+checkpoint_path={tmp_path / 'straight'}"]))
-    straight = _losses(read_metrics(tmp_path / "straight"), LOSS_KEYS[arch])
+    straight = helpers.step_values(read_metrics(tmp_path / "straight"), LOSS_KEYS[arch])
 
     assert sorted(resumed) == list(range(resume_step + 1, COMPARED_STEPS + 1))
     for step, loss in resumed.items():
@@ -150,9 +141,9 @@ def test_sigint_stops_after_the_step_and_resumes_exactly(tmp_path, monkeypatch, 
     monkeypatch.setattr(train_loop, "train_step", real_train_step)
     records_before = len(read_metrics(run_dir))
     launch(compose_config(overrides + [f"+load_checkpoint={run_dir}"]))
-    resumed = _losses(read_metrics(run_dir)[records_before:], "train/lm_loss")
+    resumed = helpers.step_values(read_metrics(run_dir)[records_before:], "train/lm_loss")
     launch(compose_config(overrides + [f"+checkpoint_path={tmp_path / 'straight'}"]))
-    straight = _losses(read_metrics(tmp_path / "straight"), "train/lm_loss")
+    straight = helpers.step_values(read_metrics(tmp_path / "straight"), "train/lm_loss")
     assert sorted(resumed) == list(range(6, 13))
     for step, loss in resumed.items():
         assert loss == pytest.approx(straight[step], abs=1e-6, rel=0), step
@@ -184,7 +175,7 @@ def test_nonfinite_steps_are_skipped_counted_and_logged(tmp_path, monkeypatch, c
     assert "warning: step 3: non-finite loss or gradients, step skipped (1 in a row, 1 in total)" in out
     assert "warning: step 4: non-finite loss or gradients, step skipped (2 in a row, 2 in total)" in out
     records = read_metrics(tmp_path / "run")
-    assert sorted(_losses(records, "train/lm_loss")) == [1, 2, 5, 6]  # skipped steps log no loss
+    assert sorted(helpers.step_values(records, "train/lm_loss")) == [1, 2, 5, 6]  # skipped steps log no loss
     assert [r["train/nonfinite_steps"] for r in records if "train/nonfinite_steps" in r] == [0, 0, 1, 2, 2, 2]
     final = read_checkpoint(tmp_path / "run" / "step_6")
     assert final.train_state["nonfinite_total"] == 2
@@ -222,9 +213,8 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     args = TINY_TRM + [f"data_paths=[{data}]", "global_batch_size=16", "epochs=100", "eval_interval=100",
                        "lr=1e-3", f"+checkpoint_path={run_dir}"]
     torchrun = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-         str(REPO / "pretrain.py"), *args],
-        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [*helpers.torchrun_command(29533), str(REPO / "pretrain.py"), *args],
+        cwd=tmp_path, env=helpers.subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     metrics = run_dir / "metrics.jsonl"
     _wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, torchrun, "two logged steps")

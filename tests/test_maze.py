@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 
@@ -11,8 +10,8 @@ import pytest
 
 from dataset import build_maze_dataset
 from dataset.puzzles import maze
+from tests.helpers import assert_builder_refuses, run_builder, write_puzzle_csv
 from tests.helpers import load_puzzle_arrays as load
-from tests.helpers import run_builder
 
 build = functools.partial(run_builder, build_maze_dataset.main)
 
@@ -130,9 +129,7 @@ def test_csv_round_trip_and_strict(tmp_path, capsys):
     pairs = [maze.generate_maze_at(index, keys=(4,), size=8, min_path_length=6) for index in range(3)]
     rows = [["gen", "".join(q.ravel()), "".join(a.ravel()), "0"] for q, a in pairs]
     for split, chosen in (("train", rows[:2] + [["gen", "#" * 64, "#" * 63 + "o", "0"]]), ("test", rows[2:])):
-        (tmp_path / "src").mkdir(exist_ok=True)
-        with open(tmp_path / "src" / f"{split}.csv", "w", newline="") as file:
-            csv.writer(file).writerows([["source", "question", "answer", "rating"], *chosen])
+        write_puzzle_csv(tmp_path / "src" / f"{split}.csv", chosen)
     assert build("--source-dir", tmp_path / "src", "--size", 8, "--output-dir", tmp_path / "out") == 0
     assert "skipped 1 malformed rows" in capsys.readouterr().err
     decoded = ["".join(maze.decode(row, 8).ravel()) for row in load(tmp_path / "out", "train")["labels"]]
@@ -153,8 +150,4 @@ def test_csv_round_trip_and_strict(tmp_path, capsys):
     ],
 )
 def test_cli_errors_exit_2_one_line_no_output(tmp_path, capsys, flags, message):
-    flags = [str(flag).replace("{tmp}", str(tmp_path)) for flag in flags]
-    status = build(*flags, "--output-dir", tmp_path / "out")
-    err = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(err) == 1 and message in err[0]
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+    assert_builder_refuses(build, flags, message, tmp_path, capsys)

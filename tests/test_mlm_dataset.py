@@ -1,4 +1,4 @@
-"""MLM masking, training stream and evaluation batches (dataset/mlm_dataset.py).
+"""MLM masking, training stream and evaluation batches (dataset/text/masking.py, dataset/text/loader.py).
 
 Datasets are written directly here (not by the builder), so these tests pin the on-disk
 contract as well: dataset.json + shards + tokenizer/vocab.txt.

@@ -3,15 +3,14 @@ DistributedDataParallel on 2 processes, with a resume in between."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 from safetensors.torch import load_file
 
 from core.errors import ConfigError
 from pretrain import launch
+from tests import helpers
 from tests.helpers import REPO, TINY_BERT, TINY_TRM, compose_config, make_mlm_dataset, make_puzzle_dataset
 from training.checkpoint import find_latest
 from training.metrics import read_metrics
@@ -32,10 +31,6 @@ def _run(overrides: list[str], run_dir, *extra) -> dict[int, float]:
     return read_metrics(run_dir)
 
 
-def _losses(records, key):
-    return {r["step"]: r[key] for r in records if key in r}
-
-
 def _weights(run_dir):
     return load_file(find_latest(run_dir) / "model.safetensors")
 
@@ -51,10 +46,10 @@ def _assert_same_weights(a, b, tolerance):
 def test_micro_batches_give_the_update_of_one_batch_also_across_a_resume(arch, tmp_path):
     make_data, overrides, key = RUNS[arch]
     overrides = overrides + [f"data_paths=[{make_data(tmp_path / 'data')}]"]
-    whole = _losses(_run(overrides, tmp_path / "whole"), key)
+    whole = helpers.step_values(_run(overrides, tmp_path / "whole"), key)
     _run(overrides, tmp_path / "split", "micro_batch_size=4", "max_steps=4")
-    split = _losses(_run(overrides, tmp_path / "split", "micro_batch_size=4", f"+load_checkpoint={tmp_path / 'split'}"),
-                    key)
+    resumed = _run(overrides, tmp_path / "split", "micro_batch_size=4", f"+load_checkpoint={tmp_path / 'split'}")
+    split = helpers.step_values(resumed, key)
     assert sorted(split) == sorted(whole) and len(whole) >= 6
     for step, loss in whole.items():
         assert split[step] == pytest.approx(loss, abs=1e-6, rel=1e-6), step
@@ -73,17 +68,16 @@ def test_a_micro_batch_that_does_not_divide_the_share_is_refused(tmp_path):
 def test_two_processes_with_accumulation_match_one_big_batch(arch, tmp_path):
     make_data, overrides, key = RUNS[arch]
     overrides = overrides + [f"data_paths=[{make_data(tmp_path / 'data')}]"]
-    whole = _losses(_run(overrides, tmp_path / "whole"), key)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                "29547" if arch == "trm" else "29549", str(REPO / "pretrain.py")]
+    whole = helpers.step_values(_run(overrides, tmp_path / "whole"), key)
+    launcher = [*helpers.torchrun_command(29547 if arch == "trm" else 29549), str(REPO / "pretrain.py")]
     split_dir = tmp_path / "two"
     for extra in (["max_steps=4"], [f"+load_checkpoint={split_dir}"]):
-        result = subprocess.run([*torchrun, *overrides, "micro_batch_size=2", f"+checkpoint_path={split_dir}",
-                                 *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        result = subprocess.run([*launcher, *overrides, "micro_batch_size=2", f"+checkpoint_path={split_dir}",
+                                 *extra], cwd=tmp_path, env=helpers.subprocess_env(), capture_output=True, text=True,
+                                timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
     assert "micro-batch(es) of 2" in result.stdout
-    two = _losses(read_metrics(split_dir), key)
+    two = helpers.step_values(read_metrics(split_dir), key)
     assert sorted(two) == sorted(whole)
     for step, loss in whole.items():
         assert two[step] == pytest.approx(loss, abs=1e-5, rel=1e-5), step

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import subprocess
@@ -15,8 +14,8 @@ import pytest
 from dataset import build_sudoku_dataset
 from dataset.puzzles import sudoku
 from dataset.stream import seeded_rng
+from tests.helpers import assert_builder_refuses, run_builder, write_puzzle_csv
 from tests.helpers import load_puzzle_arrays as load
-from tests.helpers import run_builder
 
 build = functools.partial(run_builder, build_sudoku_dataset.main)
 
@@ -120,19 +119,13 @@ def test_generated_dataset_layout_and_reproducibility(tmp_path, capsys):
             assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
 
 
-def write_csv(path: Path, rows: list[list[str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as file:
-        csv.writer(file).writerows([["source", "question", "answer", "rating"], *rows])
-
-
 def test_csv_round_trip_and_malformed_rows(tmp_path, capsys):
     rng = seeded_rng(9)
     pairs = [sudoku.generate_puzzle(rng, 24, 30) for _ in range(4)]
     good = [["gen", "".join(map(str, p)).replace("0", "."), "".join(map(str, s)), str(i)] for i, (p, s) in enumerate(pairs)]
     bad = [["gen", "123", "456", "0"], ["gen", good[0][1], good[1][2], "0"]]  # too short; wrong answer
-    write_csv(tmp_path / "src" / "train.csv", good[:3] + bad)
-    write_csv(tmp_path / "src" / "test.csv", good[3:])
+    write_puzzle_csv(tmp_path / "src" / "train.csv", good[:3] + bad)
+    write_puzzle_csv(tmp_path / "src" / "test.csv", good[3:])
     assert build("--source-dir", tmp_path / "src", "--output-dir", tmp_path / "out") == 0
     assert "skipped 2 malformed rows" in capsys.readouterr().err
     decoded = ["".join(str(token - 1) for token in row).replace("0", ".") for row in load(tmp_path / "out", "train")["inputs"]]
@@ -162,11 +155,7 @@ def test_csv_round_trip_and_malformed_rows(tmp_path, capsys):
     ],
 )
 def test_cli_errors_exit_2_one_line_no_output(tmp_path, capsys, flags, message):
-    flags = [str(flag).replace("{tmp}", str(tmp_path)) for flag in flags]
-    status = build(*flags, "--output-dir", tmp_path / "out")
-    err = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(err) == 1 and message in err[0]
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+    assert_builder_refuses(build, flags, message, tmp_path, capsys)
 
 
 def test_script_refuses_existing_output(tmp_path):

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from pretrain import launch
-from tests.helpers import REPO, TINY_TRM, compose_config, make_puzzle_dataset
+from tests.helpers import TINY_TRM, compose_config, make_puzzle_dataset, run_one_and_two_processes, step_values
 from training.checkpoint import find_latest, list_checkpoints
 from training.metrics import read_metrics
 
@@ -20,14 +16,10 @@ def _train(data, run_dir, *extra):
     return read_metrics(run_dir)
 
 
-def _losses(records, key="train/lm_loss"):
-    return {r["step"]: r[key] for r in records if key in r}
-
-
 def test_tiny_trm_learns(tmp_path):
     data = make_puzzle_dataset(tmp_path / "data")
     records = _train(data, tmp_path / "run", "global_batch_size=16", "epochs=30", "eval_interval=30", "lr=3e-3")
-    losses = list(_losses(records).values())
+    losses = list(step_values(records, "train/lm_loss").values())
     assert len(losses) == 90
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.6 * first, (first, last)
@@ -39,7 +31,7 @@ def test_tiny_trm_learns(tmp_path):
 def test_resume_gives_the_same_losses(tmp_path):
     data = make_puzzle_dataset(tmp_path / "data")
     common = ["global_batch_size=16", "epochs=8", "eval_interval=4", "lr=1e-3", "ema=True"]
-    straight = _losses(_train(data, tmp_path / "a", *common))
+    straight = step_values(_train(data, tmp_path / "a", *common), "train/lm_loss")
     _train(data, tmp_path / "b", *common, "max_steps=10")
     assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step_10"]
     # A run killed after its checkpoint logged steps that the resumed run will log again.
@@ -48,7 +40,7 @@ def test_resume_gives_the_same_losses(tmp_path):
     records = _train(data, tmp_path / "b", *common, f"+load_checkpoint={tmp_path / 'b'}")
     train_steps = [r["step"] for r in records if "train/lm_loss" in r]
     assert train_steps == list(range(1, 25))  # each step once, the stale record dropped
-    resumed = _losses(records)
+    resumed = step_values(records, "train/lm_loss")
     for step in range(11, 25):
         assert resumed[step] == pytest.approx(straight[step], abs=1e-6), step
 
@@ -57,18 +49,9 @@ def test_resume_gives_the_same_losses(tmp_path):
 def test_two_processes_match_one(tmp_path):
     data = make_puzzle_dataset(tmp_path / "data")
     args = TINY_TRM + [f"data_paths=[{data}]", "global_batch_size=16", "epochs=4", "eval_interval=4", "lr=1e-3"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    single = subprocess.run([sys.executable, "pretrain.py", *args, f"+checkpoint_path={tmp_path / 'one'}"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
-    double = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-         "pretrain.py", *args, f"+checkpoint_path={tmp_path / 'two'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert double.returncode == 0, double.stderr[-2000:]
-    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
-    losses_one, losses_two = _losses(one), _losses(two)
+    one_dir, two_dir = run_one_and_two_processes(args, tmp_path, port=29517)
+    one, two = read_metrics(one_dir), read_metrics(two_dir)
+    losses_one, losses_two = step_values(one, "train/lm_loss"), step_values(two, "train/lm_loss")
     assert sorted(losses_one) == sorted(losses_two) == list(range(1, 13))
     for step in losses_one:
         assert losses_two[step] == pytest.approx(losses_one[step], rel=1e-4, abs=1e-5), step

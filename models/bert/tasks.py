@@ -50,6 +50,11 @@ class BertTaskModel(BertEncoder):
         layout = TokenLayout(self.real_tokens(batch["attention_mask"]))
         return layout.gather(hidden), layout
 
+    def loss_counts(self, carry: Carry, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Real rows: the loss is averaged over rows (sentences, SQuAD windows), and the
+        padding rows of the last batch carry no label."""
+        return {"loss": (batch["row_index"] >= 0).sum()}
+
 
 class BertSequenceClassifier(BertTaskModel):
     """[CLS] -> pooler -> dropout -> classifier; `num_labels` 1 is a regression."""
@@ -70,10 +75,6 @@ class BertSequenceClassifier(BertTaskModel):
     def logits(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, num_labels), as `BertForSequenceClassification(...).logits`."""
         return self.head(self.encode(input_ids, token_type_ids, attention_mask)[:, 0])
-
-    def loss_counts(self, carry: Carry, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Rows that carry a label (padding rows of the last batch do not)."""
-        return {"loss": (batch["row_index"] >= 0).sum()}
 
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Loss and accuracy (or squared error) over the rows that carry a label."""
@@ -140,10 +141,6 @@ class BertQuestionAnswering(BertTaskModel):
         """Start and end logits (B, L) each, as `BertForQuestionAnswering`'s."""
         both = self.qa_outputs(self.encode(input_ids, token_type_ids, attention_mask))  # (B, L, 2)
         return both[..., 0], both[..., 1]
-
-    def loss_counts(self, carry: Carry, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Windows that are real rows (padding rows of the last batch are not)."""
-        return {"loss": (batch["row_index"] >= 0).sum()}
 
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
         """(start loss + end loss) / 2 per window; start and end logits for the evaluator."""
