@@ -250,7 +250,7 @@ def test_sigkill_during_the_save_of_the_newest_keeps_the_previous_one(tmp_path, 
     # Wide enough (about 3M parameters, 36 MB per checkpoint) that a save lasts long enough to be caught midway.
     overrides = TINY_TRM + [f"data_paths=[{data}]", "global_batch_size=16", "epochs=8", "eval_interval=1", "lr=1e-3",
                             "arch.hidden_size=512", "checkpoint_keep_last=1", f"+checkpoint_path={run_dir}"]
-    killed = subprocess.Popen([sys.executable, str(REPO / "pretrain.py"), *overrides], cwd=tmp_path, env=_env(),
+    killed = subprocess.Popen([sys.executable, str(REPO / "pretrain.py"), *overrides], cwd=tmp_path, env=helpers.subprocess_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: bool(list_checkpoints(run_dir)), killed, "its first checkpoint")
     _wait_for(lambda: _partial_save(run_dir), killed, "the save of its second checkpoint")
@@ -265,7 +265,7 @@ def test_sigkill_during_the_save_of_the_newest_keeps_the_previous_one(tmp_path, 
     monkeypatch.chdir(tmp_path)
     launch(compose_config(overrides + ["resume=auto", "max_steps=9"]))
     assert "resumed from step_3 of" in capsys.readouterr().out
-    logged = sorted(_losses(read_metrics(run_dir), "train/lm_loss"))
+    logged = sorted(helpers.step_values(read_metrics(run_dir), "train/lm_loss"))
     assert logged == list(range(1, 10))  # steps 4-9 trained again after the resume, none twice
     assert sorted(path.name for path in run_dir.iterdir()) == ["config.json", "metrics.jsonl", "step_9"]
 
@@ -279,7 +279,7 @@ def test_keep_last_keeps_the_newest_and_the_best_by_the_eval_metric(tmp_path, ca
         "checkpoint_keep_last=2", "checkpoint_keep_best=all/lm_loss", "checkpoint_best_mode=max",
         f"+checkpoint_path={run_dir}",
     ]))
-    evaluated = _losses(read_metrics(run_dir), "all/lm_loss")
+    evaluated = helpers.step_values(read_metrics(run_dir), "all/lm_loss")
     assert sorted(evaluated) == [3, 6, 9, 12, 15, 18, 21, 24]
     best = max(evaluated, key=evaluated.get)
     assert best not in (21, 24)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, TINY_TRM, make_puzzle_dataset
-from tests.test_kill_resume import _children, _env, _rank_of, _wait_for
+from tests.helpers import REPO, TINY_TRM, make_puzzle_dataset, subprocess_env, torchrun_command
+from tests.test_kill_resume import _children, _rank_of, _wait_for
 from training.checkpoint import list_checkpoints, read_checkpoint
 from training.metrics import read_metrics
 
@@ -43,7 +43,7 @@ def _slow_evaluation_run(tmp_path: Path) -> tuple[list[str], Path]:
 
 
 def _start(command: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen(command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             bufsize=1)
 
 
@@ -127,8 +127,7 @@ def test_a_second_sigint_ends_the_run_at_once_with_130(tmp_path):
 
 
 def _torchrun(args: list[str], cwd: Path, port: int) -> subprocess.Popen:
-    return _start([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-                   str(REPO / "pretrain.py"), *args], cwd)
+    return _start([*torchrun_command(port), str(REPO / "pretrain.py"), *args], cwd)
 
 
 def _worker(torchrun: subprocess.Popen, rank: int) -> int:
@@ -140,7 +139,7 @@ def _worker(torchrun: subprocess.Popen, rank: int) -> int:
 @pytest.mark.multiprocess
 def test_sigterm_to_one_rank_during_evaluation_stops_both(tmp_path):
     overrides, run_dir = _slow_evaluation_run(tmp_path)
-    torchrun = _torchrun(overrides, tmp_path, 29541)
+    torchrun = _torchrun(overrides, tmp_path, 29561)
     _read_until(torchrun.stdout, "evaluating at step 2", torchrun)
     workers = (_worker(torchrun, 0), _worker(torchrun, 1))
     os.kill(workers[1], signal.SIGTERM)  # rank 0 hears of it through the per-batch vote
@@ -155,7 +154,7 @@ def test_sigterm_to_one_rank_during_evaluation_stops_both(tmp_path):
 @pytest.mark.multiprocess
 def test_two_sigints_end_a_rank_stuck_in_a_collective(tmp_path):
     overrides, run_dir = _slow_evaluation_run(tmp_path)
-    torchrun = _torchrun(overrides, tmp_path, 29542)
+    torchrun = _torchrun(overrides, tmp_path, 29562)
     _read_until(torchrun.stdout, "evaluating at step 2", torchrun)
     rank0, rank1 = _worker(torchrun, 0), _worker(torchrun, 1)
     os.kill(rank1, signal.SIGSTOP)  # rank 0 soon waits for it in the evaluation's stop vote and cannot go on
