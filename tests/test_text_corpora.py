@@ -410,3 +410,26 @@ def test_real_wikiextractor_output_builds_with_the_guides_commands(tmp_path, mod
     for title, _ in ARTICLES:
         assert title.lower() not in decoded  # the title line is dropped
     assert "alpha came from aleph" in decoded and "many jets use one" in decoded
+
+
+def test_a_format_added_to_FORMATS_is_detected_and_read(tmp_path, capsys, monkeypatch):
+    """Adding a corpus format is one `CorpusFormat` entry: detection, reading and the report
+    follow it (here a tab-separated `id<TAB>text` file, one document per row)."""
+
+    def tsv_documents(reader: corpus.CorpusReader, path: Path):
+        for _, line in reader._lines(path):
+            yield from reader._paragraphs(line.partition("\t")[2])
+
+    tsv = corpus.CorpusFormat(lambda file: file.uncompressed_name.endswith(".tsv"), tsv_documents)
+    monkeypatch.setattr(corpus, "FORMATS", {"tsv": tsv, **corpus.FORMATS})
+    documents = make_documents(6)
+    source = tmp_path / "rows.tsv"
+    source.write_text("".join(f"{number}\t{' '.join(lines)}\n" for number, lines in enumerate(documents)), encoding="utf-8")
+    assert detect_format(source) == "tsv"
+    output = tmp_path / "out"
+    status, _, err = build(capsys, "--input-files", source, "--output-dir", output, "--tokenizer", "whitespace",
+                           "--max-seq-length", 64, "--test-split", 0)  # fmt: skip
+    assert status == 0, err
+    assert metadata_of(output)["report"]["files_by_format"] == {"tsv": 1}
+    assert metadata_of(output)["num_documents"] == {"train": 6, "test": 0}
+    assert set(all_documents(output)) == {marker(number) for number in range(6)}

@@ -19,9 +19,10 @@ from tokenizers import Tokenizer
 
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError, run_cli
-from dataset import build_text_mlm_dataset
-from dataset.build_text_mlm_dataset import main, pack_lines
+from dataset.build_text_mlm_dataset import main
 from dataset.demo_corpus import module_paragraphs, write_demo_corpus
+from dataset.text import format as text_format
+from dataset.text.packing import pack_lines
 
 REPO = Path(__file__).resolve().parents[1]
 BUILDER = REPO / "dataset" / "build_text_mlm_dataset.py"
@@ -300,7 +301,7 @@ def test_nsp_pairs_are_balanced_and_stay_in_their_split(tmp_path, capsys):
 
 
 def test_static_masking_files(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(build_text_mlm_dataset, "STATIC_MASK_BLOCK_ROWS", 5)  # several blocks per shard
+    monkeypatch.setattr(text_format, "STATIC_MASK_BLOCK_ROWS", 5)  # several blocks per shard
     source = write_text(tmp_path / "docs.txt", make_documents(30))
     output = tmp_path / "static"
     status, _, err = build(capsys, "--input-files", source, "--output-dir", output, "--static-masking", "--vocab-size",
@@ -565,3 +566,22 @@ def test_demo_corpus_is_deterministic_and_capped(tmp_path):
     with pytest.raises(UserError, match="--max-mb"):
         write_demo_corpus(tmp_path / "c.txt", max_mb=1e-6)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no partial file
+
+
+def test_library_builds_the_same_files_as_the_command_line(tmp_path, capsys):
+    """`build_mlm_dataset(MLMBuildOptions(...))` is what the command line runs: same bytes."""
+    from dataset.text.builder import MLMBuildOptions, build_mlm_dataset
+
+    source = write_text(tmp_path / "docs.txt", make_documents(40))
+    status, _, err = build(capsys, "--input-files", source, "--output-dir", tmp_path / "cli", "--tokenizer", "whitespace",
+                           "--max-seq-length", 24, "--nsp", "--static-masking", "--shard-size", 16, "--seed", 5)  # fmt: skip
+    assert status == 0, err
+    build_mlm_dataset(MLMBuildOptions(input_files=[str(source)], output_dir=str(tmp_path / "library"),
+                                      tokenizer="whitespace", max_seq_length=24, nsp=True, static_masking=True,
+                                      shard_size=16, seed=5))  # fmt: skip
+    files = sorted(path.relative_to(tmp_path / "cli") for path in (tmp_path / "cli").rglob("*") if path.is_file())
+    assert len(files) > 10
+    assert files == sorted(path.relative_to(tmp_path / "library") for path in (tmp_path / "library").rglob("*")
+                           if path.is_file())  # fmt: skip
+    for name in files:
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "library" / name).read_bytes(), name

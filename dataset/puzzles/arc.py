@@ -1,6 +1,6 @@
 """ARC grids: tokens, the 30x30 canvas, augmentations and their inverses.
 
-Shared by `dataset/build_arc_dataset.py` (which encodes augmented puzzles) and
+Shared by `dataset/puzzles/arc_builder.py` (which encodes augmented puzzles) and
 `evaluators/arc.py` (which decodes predictions and undoes the augmentation), so that the
 two sides agree on every convention:
 

@@ -114,14 +114,26 @@ def _csv_row_problem(row: list[str], row_problem: Callable[[str, str], str | Non
     return row_problem(row[1], row[2])
 
 
-def generate_parallel(make_one: Callable[[int], object], count: int, num_workers: int, description: str) -> list:
-    """[make_one(i) for i in range(count)] over `num_workers` processes, with a progress bar.
+def generate_pairs(make_one: Callable[[int], tuple[np.ndarray, np.ndarray]], count: int, num_workers: int,
+                   description: str) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(questions, answers) of `count` generated puzzles, `make_one(i)` making the i-th pair,
+    over `num_workers` processes with a progress bar; each stacked into one array.
 
     `make_one` must be picklable (a module-level function or a functools.partial of one)
-    and seed itself from its index, so the result does not depend on `num_workers`.
+    and seed itself from its index, so the result does not depend on `num_workers`. A
+    `ValueError` of the generator (options it cannot meet) becomes a `UserError`.
     """
     if num_workers < 1:
         raise UserError(f"--num-workers must be at least 1, got {num_workers}")
+    try:
+        pairs = _generate(make_one, count, num_workers, description)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    return np.stack([pair[0] for pair in pairs]), np.stack([pair[1] for pair in pairs])
+
+
+def _generate(make_one: Callable[[int], object], count: int, num_workers: int, description: str) -> list:
+    """[make_one(i) for i in range(count)] over `num_workers` processes, with a progress bar."""
     with tqdm(total=count, desc=description, unit="puzzle") as progress:
         if num_workers == 1:
             results = []

@@ -40,11 +40,11 @@ def _used_masks(board: Sequence[int]) -> tuple[list[int], list[int], list[int]] 
     return rows, cols, boxes
 
 
-def _search(empties, rows, cols, boxes, limit, placed, solutions, digit_order) -> int:
-    """Count solutions (up to `limit`) of the sub-problem; append found boards' fills.
+def _place_singles(empties, rows, cols, boxes, placed):
+    """Sweep the empty cells, placing every naked single, until a sweep places nothing.
 
-    `placed` is the list of (cell, digit) fixed so far on this branch; a complete branch
-    appends a copy of it to `solutions`. Masks are owned by the caller's copy.
+    Returns (cells still empty, the one with the fewest candidates, its candidate mask),
+    or None when a cell has no candidate left (a dead end).
     """
     while True:
         progress = False
@@ -55,7 +55,7 @@ def _search(empties, rows, cols, boxes, limit, placed, solutions, digit_order) -
             mask = ~(rows[row] | cols[col] | boxes[box]) & ALL_DIGITS
             count = POPCOUNT[mask]
             if count == 0:
-                return 0
+                return None
             if count == 1:
                 # A naked single: place it now; later cells of this sweep see it.
                 rows[row] |= mask
@@ -68,11 +68,23 @@ def _search(empties, rows, cols, boxes, limit, placed, solutions, digit_order) -
                 if count < best_count:
                     best_cell, best_mask, best_count = cell, mask, count
         empties = remaining
-        if not empties:
-            solutions.append(list(placed))
-            return 1
-        if not progress:
-            break
+        if not empties or not progress:
+            return empties, best_cell, best_mask
+
+
+def _search(empties, rows, cols, boxes, limit, placed, solutions, digit_order) -> int:
+    """Count solutions (up to `limit`) of the sub-problem; append found boards' fills.
+
+    `placed` is the list of (cell, digit) fixed so far on this branch; a complete branch
+    appends a copy of it to `solutions`. Masks are owned by the caller's copy.
+    """
+    swept = _place_singles(empties, rows, cols, boxes, placed)
+    if swept is None:
+        return 0
+    empties, best_cell, best_mask = swept
+    if not empties:
+        solutions.append(list(placed))
+        return 1
     # No single left: branch on the cell with the fewest candidates. Its mask is exact
     # because the last sweep placed nothing.
     others = [cell for cell in empties if cell != best_cell]

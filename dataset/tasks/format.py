@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.errors import UserError
 from dataset.stream import open_npy
+from dataset.text.format import TokenIdFields, TokenizerFields
 
 TRAIN = "train"
 Task = Literal["classification", "regression", "token_classification", "question_answering"]
@@ -39,31 +40,20 @@ BUILDER_HINT = ("build one with dataset/build_text_cls_dataset.py, dataset/build
                 "or dataset/build_qa_dataset.py")
 
 
-class TaskDatasetMetadata(BaseModel):
-    """`dataset.json` of a fine-tuning dataset folder."""
-
-    model_config = ConfigDict(extra="forbid")
-
+class _TaskFields(BaseModel):
     task: Task
     """What the labels are: a class per row, a number per row, a tag per word, an answer span."""
     labels: list[str]
     """Class names (classification) or tags (token classification) by id; empty otherwise."""
-    vocab_size: int
-    """Number of token ids (the tokenizer's vocabulary, special tokens included)."""
-    seq_len: int
-    """Tokens per row (the builder's --max-seq-length)."""
-    pad_id: int
-    """Id of [PAD], used to fill rows to `seq_len`."""
-    cls_id: int
-    """Id of [CLS], the first token of every row."""
-    sep_id: int
-    """Id of [SEP]."""
-    tokenizer: str
-    """Where the vocabulary came from (the `--tokenizer` path)."""
-    lowercase: bool
-    """Whether the tokenizer lowercases its input."""
-    vocab_sha256: str
-    """SHA-256 of `tokenizer/vocab.txt`: a starting checkpoint must have the same vocabulary."""
+
+
+# pydantic puts the fields of the last base first: the bases' order keeps the key order of
+# dataset.json as it has always been written.
+class TaskDatasetMetadata(TokenizerFields, TokenIdFields, _TaskFields):
+    """`dataset.json` of a fine-tuning dataset folder (a row is one model input)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     eval_sets: list[str]
     """Names of the evaluation splits, in `--validation-files` order."""
     num_rows: dict[str, int]

@@ -1,17 +1,11 @@
 """Reading raw text corpora for the MLM builder: files, formats, documents, lines.
 
 `expand_input_files` turns `--input-files` (files, quoted globs, folders read recursively)
-into a list of files. The format of each file is detected from its content
-(`detect_format`), the name only breaking ties:
-
-- `text`: one sentence or paragraph per line, documents separated by blank lines (the
-  layout of the original BERT corpora);
-- `jsonl`: one JSON object per line, its string field `text` (`--text-field`) one document,
-  cut into paragraphs at line breaks (WikiExtractor's `--json` output, most dumps);
-- `wikiextractor`: WikiExtractor's default output, `<doc id=.. url=.. title=..>` ... `</doc>`
-  blocks, one document per block; the title line and the tags are dropped;
-- `parquet`: the `--text-field` column, one document per row (Hugging Face datasets;
-  needs `pyarrow`, an optional extra).
+into a list of files. The format of each file is detected from its content, the name only
+breaking ties: the first entry of `FORMATS` whose `matches` accepts the file's first bytes
+(plain text, JSON lines, WikiExtractor's `<doc>` blocks, parquet; each entry says how it
+is recognised and what one document is). To add a format, write its reader (a
+`CorpusReader` method) and its `matches`, and put a `CorpusFormat` in `FORMATS`.
 
 Each may be compressed with gzip, bzip2 or zstandard (detected from the magic bytes; zstd
 needs the optional `zstandard`). Every line is normalised by `normalise_line`
@@ -39,7 +33,7 @@ import shutil
 import tempfile
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +43,6 @@ import numpy as np
 
 from core.errors import UserError
 
-FORMATS = ("text", "jsonl", "wikiextractor", "parquet")
 DEDUP_MODES = ("documents", "paragraphs", "none")
 MAX_DOCUMENT_LINES = 50_000
 """A longer run of lines without a blank line is cut into several documents, so that
@@ -153,30 +146,58 @@ def _zstd_reader(path: Path, raw: IO[bytes]):
     return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
 
 
-def detect_format(path: Path) -> str:
-    """The format of a file (one of `FORMATS`), from its first decompressed bytes.
+@dataclass(frozen=True)
+class FileHead:
+    """What format detection sees of a file: its first decompressed bytes."""
 
-    Parquet starts with `PAR1`; WikiExtractor output with a `<doc ...>` tag; JSON lines
-    with a line that is a JSON object (or a `.jsonl` name); anything else is plain text.
-    """
+    path: Path
+    head: bytes
+    """Up to `SNIFF_BYTES` decompressed bytes."""
+    text: str
+    """`head` decoded (invalid bytes ignored), leading BOM and whitespace stripped."""
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the file goes on past `head`."""
+        return len(self.head) == SNIFF_BYTES
+
+    @property
+    def uncompressed_name(self) -> str:
+        """The lowercase file name without a compression suffix (`a.jsonl.gz` -> `a.jsonl`)."""
+        name = self.path.name.lower()
+        for suffix in _COMPRESSED_NAMES:
+            name = name.removesuffix(suffix)
+        return name
+
+
+def detect_format(path: Path) -> str:
+    """The name of a file's format: the first of `FORMATS` that matches its first bytes."""
     try:
         with open_decompressed(path) as (stream, _):
             head = stream.read(SNIFF_BYTES)
     except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"{path}: cannot read it ({error}); is the file truncated or corrupt?") from None
-    if head.startswith(b"PAR1"):
-        return "parquet"
-    if path.name.lower().endswith(".parquet"):
-        raise UserError(f"{path} is named .parquet but does not start with PAR1; is it a parquet file?")
-    text = head.decode("utf-8", errors="ignore").lstrip("\ufeff \t\r\n")
-    if _DOC_OPEN.match(text):
-        return "wikiextractor"
-    name = path.name.lower()
-    for suffix in _COMPRESSED_NAMES:
-        name = name.removesuffix(suffix)
-    if name.endswith(".jsonl") or _looks_like_json_row(text, truncated=len(head) == SNIFF_BYTES):
-        return "jsonl"
-    return "text"
+    sniffed = FileHead(path, head, head.decode("utf-8", errors="ignore").lstrip("\ufeff \t\r\n"))
+    return next(name for name, corpus_format in FORMATS.items() if corpus_format.matches(sniffed))
+
+
+def _is_parquet(file: FileHead) -> bool:
+    """`PAR1` magic bytes; a `.parquet` name without them is an error."""
+    if file.head.startswith(b"PAR1"):
+        return True
+    if file.path.name.lower().endswith(".parquet"):
+        raise UserError(f"{file.path} is named .parquet but does not start with PAR1; is it a parquet file?")
+    return False
+
+
+def _is_wikiextractor(file: FileHead) -> bool:
+    """A `<doc ...>` tag first."""
+    return bool(_DOC_OPEN.match(file.text))
+
+
+def _is_jsonl(file: FileHead) -> bool:
+    """A `.jsonl` name, or a first line that is a JSON object."""
+    return file.uncompressed_name.endswith(".jsonl") or _looks_like_json_row(file.text, file.truncated)
 
 
 def _looks_like_json_row(text: str, truncated: bool) -> bool:
@@ -230,14 +251,10 @@ class CorpusReader:
 
     def documents(self) -> Iterator[list[str]]:
         """Every document of every file, in file order."""
-        readers = {
-            "text": self._text_documents, "jsonl": self._jsonl_documents,
-            "wikiextractor": self._wikiextractor_documents, "parquet": self._parquet_documents,
-        }  # fmt: skip
         for path in self.files:
             kind = detect_format(path)
             self.counters.files_by_format[kind] = self.counters.files_by_format.get(kind, 0) + 1
-            for document in readers[kind](path):
+            for document in FORMATS[kind].read(self, path):
                 self.counters.documents += 1
                 yield document
 
@@ -421,6 +438,30 @@ def _parquet_file(local: Path, path: Path):
         raise UserError(f"{path} cannot be read as parquet ({error})") from None
     with parquet:
         yield parquet
+
+
+@dataclass(frozen=True)
+class CorpusFormat:
+    """One input format of the builder: how a file is recognised and how it is read."""
+
+    matches: Callable[[FileHead], bool]
+    """Whether a file's first bytes are in this format (checked in `FORMATS` order)."""
+    read: Callable[[CorpusReader, Path], Iterator[list[str]]]
+    """The documents of one file (a `CorpusReader` method), each a list of normalised lines."""
+
+
+FORMATS: dict[str, CorpusFormat] = {
+    # one document per row of the --text-field column (Hugging Face datasets; needs pyarrow)
+    "parquet": CorpusFormat(_is_parquet, CorpusReader._parquet_documents),
+    # one per <doc ...> ... </doc> block of WikiExtractor's output, title line and tags dropped
+    "wikiextractor": CorpusFormat(_is_wikiextractor, CorpusReader._wikiextractor_documents),
+    # one per row: its --text-field string, cut into paragraphs at line breaks
+    "jsonl": CorpusFormat(_is_jsonl, CorpusReader._jsonl_documents),
+    # lines up to a blank line (one sentence or paragraph per line, as BERT's corpora)
+    "text": CorpusFormat(lambda file: True, CorpusReader._text_documents),
+}
+"""Input formats by name (the name is what `files_by_format` counts), in detection order:
+a file is in the first format that matches it; plain text matches anything."""
 
 
 # ------------------------------------------------------------------- de-duplication

@@ -1,4 +1,5 @@
-"""The on-disk format of masked-language-model datasets (`dataset/build_text_mlm_dataset.py`):
+"""The on-disk format of masked-language-model datasets (`dataset/build_text_mlm_dataset.py`)
+and its writer (`ShardWriter`):
 
     <root>/dataset.json                     `MLMDatasetMetadata` (with the `CorpusReport`)
     <root>/report.txt                       the corpus and vocabulary report, readable
@@ -14,14 +15,23 @@ with `<split>` in {train, test}. Every sequence is `[CLS] A [SEP]` or `[CLS] A [
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError
+from dataset.stream import seeded_rng
 
 SPLITS = ("train", "test")
 BUILDER_HINT = "build one with: python dataset/build_text_mlm_dataset.py --input-files ... --output-dir ..."
+STATIC_MASK_STREAM_KEY = 13
+STATIC_MASK_BLOCK_ROWS = 4096
+"""Rows masked with one seeded generator: memory stays small for large shards."""
+StaticMasker = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+"""(ids, rng) -> (masked ids, labels): a `dataset.text.masking.Masker`."""
 
 
 class CorpusReport(BaseModel):
@@ -31,7 +41,7 @@ class CorpusReport(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     files_by_format: dict[str, int] = {}
-    """Input files read, by detected format (text, jsonl, wikiextractor, parquet)."""
+    """Input files read, by detected format (the names of `dataset.text.corpus.FORMATS`)."""
     bytes_read: int = 0
     """Bytes of the input files on disk."""
     documents: dict[str, int] = {}
@@ -67,21 +77,34 @@ class CorpusReport(BaseModel):
     """Hints printed at the end of the build (vocabulary too small, wrong language)."""
 
 
-class MLMDatasetMetadata(BaseModel):
-    """`dataset.json` of an MLM dataset folder."""
-
-    model_config = ConfigDict(extra="ignore")
+class TokenIdFields(BaseModel):
+    """The vocabulary and special ids of a tokenised dataset's `dataset.json` (MLM here,
+    fine-tuning in `dataset.tasks.format`): declared once for both."""
 
     vocab_size: int
     """Number of token ids (the tokenizer's vocabulary, special tokens included)."""
     seq_len: int
-    """Tokens per sequence (the builder's --max-seq-length)."""
+    """Tokens per sequence, a row of the arrays (the builder's --max-seq-length)."""
     pad_id: int
     """Id of [PAD], used to fill sequences to `seq_len`."""
     cls_id: int
     """Id of [CLS], the first token of every sequence."""
     sep_id: int
     """Id of [SEP], after segment A (and after segment B)."""
+
+
+class TokenizerFields(BaseModel):
+    """Where a tokenised dataset's vocabulary came from (MLM and fine-tuning `dataset.json`)."""
+
+    tokenizer: str
+    """How the vocabulary was made: `wordpiece`, `whitespace`, or the path of a reused tokenizer."""
+    lowercase: bool
+    """Whether the tokenizer lowercases its input."""
+    vocab_sha256: str
+    """SHA-256 of `tokenizer/vocab.txt`: datasets and checkpoints used together must have the same vocabulary."""
+
+
+class _MaskingFields(BaseModel):
     mask_id: int
     """Id of [MASK]."""
     unk_id: int
@@ -94,12 +117,15 @@ class MLMDatasetMetadata(BaseModel):
     """Whether sequences are sentence pairs with next-sentence labels."""
     static_masking: bool
     """Whether the mask was applied once at build time (stored `.masked`/`.labels` shards)."""
-    tokenizer: str
-    """How the vocabulary was made: `wordpiece`, `whitespace`, or the path of a reused tokenizer."""
-    lowercase: bool
-    """Whether the tokenizer lowercases its input."""
-    vocab_sha256: str
-    """SHA-256 of `tokenizer/vocab.txt`: datasets used together must have the same vocabulary."""
+
+
+# pydantic puts the fields of the last base first: the bases' order keeps the key order of
+# dataset.json as it has always been written.
+class MLMDatasetMetadata(TokenizerFields, _MaskingFields, TokenIdFields):
+    """`dataset.json` of an MLM dataset folder."""
+
+    model_config = ConfigDict(extra="ignore")
+
     num_documents: dict[str, int]
     """Documents per split."""
     num_sequences: dict[str, int]
@@ -171,3 +197,68 @@ def load_mlm_metadata(paths: list[str]) -> MLMDatasetMetadata:
         for split in SPLITS
     }
     return merged
+
+
+class ShardWriter:
+    """Writes the sequences of one split into fixed-size numpy shards."""
+
+    def __init__(self, folder: Path, special_ids: dict[str, int], dtype, *, shard_size: int, seq_len: int,
+                 nsp: bool, seed: int, masker: StaticMasker | None):  # fmt: skip
+        """`masker` (static masking) also writes each shard's `.masked` and `.labels`, seeded by `seed`."""
+        self.folder = folder
+        self.folder.mkdir(parents=True)
+        self.shard_size, self.seq_len, self.dtype = shard_size, seq_len, dtype
+        self.nsp, self.masker, self.seed = nsp, masker, seed
+        self.pad_id, self.cls_id, self.sep_id = special_ids["[PAD]"], special_ids["[CLS]"], special_ids["[SEP]"]
+        self.ids = np.full((self.shard_size, self.seq_len), self.pad_id, dtype=dtype)  # (S, L)
+        self.nsp_labels = np.zeros(self.shard_size, dtype=np.int8)  # (S,)
+        self.rows = 0
+        self.names: list[str] = []
+        self.num_sequences = self.num_tokens = 0
+
+    def add(self, segment_a: np.ndarray, segment_b: np.ndarray | None = None, label: int = IGNORE_LABEL_ID) -> None:
+        """Append `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]` (and its NSP label)."""
+        row = self.ids[self.rows]
+        end = 1 + len(segment_a)
+        row[0], row[1:end], row[end] = self.cls_id, segment_a, self.sep_id
+        end += 1
+        if segment_b is not None:
+            row[end : end + len(segment_b)] = segment_b
+            end += len(segment_b)
+            row[end] = self.sep_id
+            end += 1
+        self.nsp_labels[self.rows] = label
+        self.rows += 1
+        self.num_tokens += end
+        if self.rows == self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as the next shard (and its companions)."""
+        if self.rows == 0:
+            return
+        name = f"shard_{len(self.names):05d}"
+        ids = self.ids[: self.rows]  # (n, L)
+        np.save(self.folder / f"{name}.npy", ids)
+        if self.nsp:
+            np.save(self.folder / f"{name}.nsp.npy", self.nsp_labels[: self.rows])
+        if self.masker is not None:
+            masked, labels = self._static_masks(ids, len(self.names))
+            np.save(self.folder / f"{name}.masked.npy", masked)
+            np.save(self.folder / f"{name}.labels.npy", labels)
+        self.names.append(f"{name}.npy")
+        self.num_sequences += self.rows
+        self.ids.fill(self.pad_id)
+        self.rows = 0
+
+    def _static_masks(self, ids: np.ndarray, shard_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Masked ids (storage dtype) and labels (int32) of a shard, masked in blocks of rows
+        (each with its own seeded generator) so that memory stays small for large shards."""
+        masked = np.empty_like(ids)  # (n, L)
+        labels = np.empty(ids.shape, dtype=np.int32)  # (n, L)
+        split_key = SPLITS.index(self.folder.name)
+        for block, start in enumerate(range(0, len(ids), STATIC_MASK_BLOCK_ROWS)):
+            stop = start + STATIC_MASK_BLOCK_ROWS
+            rng = seeded_rng(self.seed, STATIC_MASK_STREAM_KEY, split_key, shard_index, block)
+            masked[start:stop], labels[start:stop] = self.masker(ids[start:stop], rng)
+        return masked, labels
