@@ -25,6 +25,7 @@ from training import distributed
 from training.build import eval_only_config, open_metrics_logger, prepare_run_dir, print_banner, setup
 from training.config import PretrainConfig, check_overrides, validate
 from training.loop import evaluate, fit, record_evaluation
+from training.metrics import check_wandb_login
 from training.signals import StopRequest, tolerate_lost_output
 
 
@@ -41,6 +42,8 @@ def launch(raw_config: dict, overrides: list[str] = ()) -> int:
     config = validate(PretrainConfig, raw_config)
     if config.eval_only:
         config = eval_only_config(config, raw_config, list(overrides))
+    else:
+        check_wandb_login(config.wandb)
     dist = distributed.init_distributed(config.device)
     if dist.device.type == "cpu":
         threads, why = distributed.choose_cpu_threads(config.cpu_threads)

@@ -15,6 +15,7 @@ from evaluators.arc import ARCEvaluator, ARCEvaluatorConfig
 from evaluators.base import Evaluator
 from evaluators.classification import ClassificationEvaluator, ClassificationEvaluatorConfig
 from evaluators.ner import NEREvaluator, NEREvaluatorConfig
+from evaluators.puzzle_predictions import PuzzlePredictionsConfig, PuzzlePredictionsEvaluator
 from evaluators.squad import SquadEvaluator, SquadEvaluatorConfig
 
 EVALUATORS: dict[str, tuple[type[BaseModel], Callable[[list[str], BaseModel], Evaluator]]] = {
@@ -22,6 +23,8 @@ EVALUATORS: dict[str, tuple[type[BaseModel], Callable[[list[str], BaseModel], Ev
     "classification": (ClassificationEvaluatorConfig,
                        lambda data_paths, config: ClassificationEvaluator(data_paths[0], config)),
     "ner": (NEREvaluatorConfig, lambda data_paths, config: NEREvaluator(data_paths[0], config)),
+    "puzzle_predictions": (PuzzlePredictionsConfig,
+                           lambda data_paths, config: PuzzlePredictionsEvaluator(data_paths[0], config)),
     "squad": (SquadEvaluatorConfig, lambda data_paths, config: SquadEvaluator(data_paths[0], config)),
 }
 """Short name -> (options model, builder taking the data paths and the validated options)."""

@@ -19,7 +19,7 @@ demo_trm() {
     arch.hidden_size=64 arch.num_heads=4 arch.H_cycles=2 arch.L_cycles=2 \
     global_batch_size=64 epochs=16 eval_interval=8 lr=1e-3 puzzle_emb_lr=1e-3 lr_warmup_steps=10 \
     log_interval=10 +run_name=trm "${common[@]}"
-  python -m utils.plot_metrics checkpoints/demo/trm --metrics train/lm_loss all/accuracy
+  python -m utils.plot_metrics checkpoints/demo/trm
 }
 
 demo_bert() {
@@ -32,7 +32,7 @@ demo_bert() {
   rm -rf checkpoints/demo/bert
   python pretrain.py arch=bert_tiny data_paths="[data/demo-mlm]" global_batch_size=32 lr=5e-4 \
     lr_warmup_steps=20 epochs=1 max_steps=120 log_interval=20 +run_name=bert "${common[@]}"
-  python -m utils.plot_metrics checkpoints/demo/bert --metrics train/mlm_loss train/accuracy
+  python -m utils.plot_metrics checkpoints/demo/bert
   if python -c "import transformers" 2>/dev/null; then
     echo "== BERT: export to Hugging Face transformers and fill a mask"
     python -m utils.export_hf --checkpoint checkpoints/demo/bert --output-dir checkpoints/demo/bert-hf --overwrite

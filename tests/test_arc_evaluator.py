@@ -193,7 +193,7 @@ def test_registry_builds_and_validates(data):
     (evaluator,) = build_evaluators([{"name": "arc@ARC", "pass_Ks": [1, 2], "aggregated_voting": True}], [str(data)])
     assert isinstance(evaluator, ARCEvaluator) and evaluator.config.pass_Ks == [1, 2] and evaluator.config.aggregated_voting
     assert build_evaluators([{"name": "arc"}], [str(data)])[0].config.submission_K == 2
-    with pytest.raises(UserError, match="unknown evaluator 'mlm'.*arc, classification, ner, squad, arc@ARC"):
+    with pytest.raises(UserError, match="unknown evaluator 'mlm'.*arc, classification, ner, puzzle_predictions, squad, arc@ARC"):
         build_evaluators([{"name": "mlm"}], [str(data)])
     with pytest.raises(UserError, match="pass_ks: unknown option"):
         build_evaluators([{"name": "arc", "pass_ks": [1]}], [str(data)])

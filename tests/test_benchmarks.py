@@ -118,3 +118,19 @@ def test_the_finetune_quality_verdict_compares_the_means_with_the_seed_spread():
     verdict = notes[1]
     assert "accuracy: means differ by 0.0200, larger seed spread 0.0400 -> within noise" in verdict
     assert "loss: means differ by 0.2050, larger seed spread 0.0200 -> NOT within noise" in verdict
+
+
+def test_the_lamb_benchmark_runs_the_other_seeds_at_the_best_rate(monkeypatch):
+    from benchmarks import lamb_large_batch
+
+    calls = []
+
+    def fake_loss(args, data, batch, optimizer, lr, seed):
+        calls.append((optimizer, lr, seed))
+        return abs(lr - 1e-2) + seed  # best at 1e-2
+
+    monkeypatch.setattr(lamb_large_batch, "held_out_loss", fake_loss)
+    args = lamb_large_batch.parse_args(["--lamb-lrs", "3e-3", "1e-2", "3e-2", "--seeds", "0", "1"])
+    result = lamb_large_batch.compare(args, (None, None), 256, "lamb")
+    assert result["best"] == 1e-2 and result["losses"] == [0.0, 1.0]
+    assert calls == [("lamb", 3e-3, 0), ("lamb", 1e-2, 0), ("lamb", 3e-2, 0), ("lamb", 1e-2, 1)]

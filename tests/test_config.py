@@ -56,7 +56,7 @@ def test_trm_recipe_overrides_compose():
         (["+globl_batch_size=8"], "did you mean 'global_batch_size'"),
         (["global_batch_size=abc"], "config key 'global_batch_size'"),
         (["epochs=100", "eval_interval=30"], "must be a multiple of eval_interval"),
-        (["optimizer=sgd"], "'adam_atan2' or 'adamw'"),
+        (["optimizer=sgd"], "'adam_atan2' or 'adamw' or 'lamb'"),
         (["eval_only=true"], r"needs \+load_checkpoint"),
         (["checkpoint_keep_last=0"], "checkpoint_keep_last"),
         (["checkpoint_keep_best=all/steps"], "add checkpoint_best_mode=min or max"),
@@ -104,3 +104,18 @@ def test_best_checkpoint_direction_from_the_name_or_the_key(metric, given, expec
     extra = [f"checkpoint_best_mode={given}"] if given else []
     config = validate(PretrainConfig, compose_config([f"checkpoint_keep_best={metric}", *extra]))
     assert config.checkpointing.best_mode == expected
+
+
+@pytest.mark.parametrize("arch", ["bert", "bert_large"])
+def test_the_lamb_recipes_state_nvidias_two_phases(arch):
+    phases = {}
+    for phase in ("lamb_phase1", "lamb_phase2"):
+        config = validate(PretrainConfig, compose_config([f"arch={arch}", f"recipe={phase}"]))
+        phases[phase] = (config.optimizer, config.global_batch_size, config.total_steps, config.lr,
+                         config.lr_warmup_ratio, config.weight_decay, config.beta2, config.grad_clip_norm)
+        for processes in (1, 2, 4, 8, 64):  # the micro-batch divides each process's share
+            assert (config.global_batch_size // processes) % config.micro_batch_size == 0
+        assert compose_config([f"arch={arch}"])["arch"] == config.arch  # the recipe leaves the model alone
+    assert phases == {"lamb_phase1": ("lamb", 65536, 7038, 6e-3, 0.2843, 0.01, 0.999, 1.0),
+                      "lamb_phase2": ("lamb", 32768, 1563, 4e-3, 0.128, 0.01, 0.999, 1.0)}
+    assert compose_config([f"arch={arch}", "recipe=lamb_phase2", "lr=1e-3"])["lr"] == 1e-3  # the command line wins

@@ -149,19 +149,60 @@ def test_eval_only_takes_everything_from_the_checkpoint(tmp_path):
 # ------------------------------------------------------------------- 4. CPU threads
 
 
-def test_cpu_threads_follow_free_cores_and_processes(monkeypatch):
+PROC_STAT = """cpu  300 0 100 900 10 0 0 0 0 0
+cpu0 100 5 50 {idle0} 5 0 0 0 0 0
+cpu1 200 0 50 {idle1} 5 0 0 0 0 0
+intr 12345 0 0
+"""
+
+
+def stat_readings(monkeypatch, readings: list[dict[int, tuple[int, int]] | None]) -> None:
+    """Make `busy_cores_now` read these (idle, total) tick counts in turn, without sleeping."""
+    queue = list(readings)
+    monkeypatch.setattr(distributed, "_read_proc_stat", lambda: queue.pop(0))
+    monkeypatch.setattr(distributed, "CPU_SAMPLE_SECONDS", 0.0)
+
+
+def test_proc_stat_lines_give_idle_and_total_ticks_per_cpu():
+    times = distributed.parse_proc_stat(PROC_STAT.format(idle0=400, idle1=30))
+    assert times == {0: (405, 560), 1: (35, 285)}  # idle + iowait; the first eight columns summed
+
+
+def test_cpu_threads_follow_the_cores_busy_now_and_the_processes(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(8)))
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert distributed.choose_cpu_threads(None)[0] == 4  # one share of the cores per process
+    # 8 CPUs, 10 ticks each; CPU 0 busy 6 of them, the others idle: 0.6 busy cores, 7 free (rounded 7.4)
+    idle = {cpu: (0, 0) for cpu in range(8)}
+    stat_readings(monkeypatch, [idle, {0: (4, 10), **{cpu: (10, 10) for cpu in range(1, 8)}}])
+    threads, why = distributed.choose_cpu_threads(None)
+    assert threads == 3 and "0.6 busy (CPU time" in why  # 7 free cores shared by 2 processes
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.3, 0.0, 0.0))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    stat_readings(monkeypatch, [{0: (0, 0), 1: (0, 0)}, {0: (0, 10), 1: (10, 10)}])
     assert distributed.choose_cpu_threads(None)[0] == 1  # another job keeps one of two cores busy
     assert distributed.choose_cpu_threads(3) == (3, "cpu_threads")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert distributed.choose_cpu_threads(None) == (2, "OMP_NUM_THREADS")
+
+
+def test_a_finished_build_does_not_count_against_the_run_that_follows(monkeypatch):
+    """The build-then-train case: the load average still counts the build for a minute, the CPUs are idle."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 0.5, 0.2))
+    stat_readings(monkeypatch, [{0: (100, 200), 1: (50, 200)}, {0: (115, 215), 1: (64, 215)}])
+    assert distributed.choose_cpu_threads(None)[0] == 2  # 0.07 busy cores now
+    stat_readings(monkeypatch, [None])  # no /proc: the load average is all there is
+    threads, why = distributed.choose_cpu_threads(None)
+    assert threads == 1 and "1.6 busy (1-minute load average)" in why
+
+
+def test_busy_cores_only_count_this_process_cpus():
+    readings = iter([{0: (0, 0), 1: (0, 0), 2: (0, 0)}, {0: (10, 10), 1: (0, 10), 2: (5, 10)}])
+    busy, _ = distributed.busy_cores_now([0, 2], read_stat=lambda: next(readings), sleep=lambda _: None)
+    assert busy == 0.5  # CPU 1 (fully busy) is not ours; CPU 2 was busy half the time
 
 
 def test_the_banner_names_the_thread_count(tmp_path, capsys):
@@ -241,7 +282,8 @@ def test_time_spent_evaluating_is_not_counted_in_the_rates(monkeypatch):
 
 CLIS = ["dataset/build_sudoku_dataset.py", "dataset/build_maze_dataset.py", "dataset/build_arc_dataset.py",
         "dataset/build_text_mlm_dataset.py", "dataset/build_text_cls_dataset.py", "dataset/build_token_cls_dataset.py",
-        "dataset/build_qa_dataset.py", "dataset/demo_corpus.py", "utils/export_hf.py", "utils/plot_metrics.py"]
+        "dataset/build_qa_dataset.py", "dataset/demo_corpus.py", "utils/export_hf.py", "utils/plot_metrics.py",
+        "utils/render_predictions.py"]
 
 
 @pytest.mark.parametrize("script", CLIS)

@@ -1,6 +1,6 @@
 """The GPU code paths on a CUDA device (every test skips without one): bf16 autocast
 training close to float32 (and CUDA float32 close to CPU), the CUDA prefetcher feeding
-exactly the batches of the plain path, the fused AdamW and Adam-atan2 updates equal to
+exactly the batches of the plain path, the AdamW (fused), Adam-atan2 and LAMB updates equal to
 their CPU versions, and compiled training equal to eager.
 
 Small on purpose: `benchmarks/gpu_check.sh` runs them (`pytest -m gpu`) inside its
@@ -74,7 +74,7 @@ def test_cuda_prefetcher_feeds_the_batches_of_the_plain_path(tmp_path):
     assert (prefetched_stream.next_batch()["input_ids"] == plain_stream.next_batch()["input_ids"]).all()
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "adam_atan2"])
+@pytest.mark.parametrize("optimizer", ["adamw", "adam_atan2", "lamb"])
 def test_optimizer_updates_on_cuda_equal_the_cpu_ones(optimizer):
     from models.interface import ParamGroups, decay_groups
     from training.optim import OptimizerSettings, build_optimizers

@@ -14,10 +14,11 @@ from training.metrics import read_metrics
 
 
 @pytest.mark.compile
-@pytest.mark.parametrize("arch", ["trm", "bert"])
-def test_compiled_training_with_accumulation_matches_eager(arch, tmp_path):
+@pytest.mark.parametrize("arch, optimizer", [("trm", []), ("bert", []), ("bert", ["optimizer=lamb"])],
+                         ids=["trm", "bert", "bert-lamb"])
+def test_compiled_training_with_accumulation_matches_eager(arch, optimizer, tmp_path):
     make_data, overrides, key = THREE_STEP_RUNS[arch]
-    overrides = overrides + [f"data_paths=[{make_data(tmp_path / 'data')}]"]
+    overrides = overrides + optimizer + [f"data_paths=[{make_data(tmp_path / 'data')}]"]
     losses = {}
     for name, extra in (("eager", ["compile=false"]), ("compiled", ["compile=true", "micro_batch_size=4"])):
         launch(compose_config(overrides + extra + [f"+checkpoint_path={tmp_path / name}"]))

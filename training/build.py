@@ -32,6 +32,7 @@ from models.registry import get_arch
 from training import distributed
 from training.checkpoint import find_latest, resolve_checkpoint, restore_train_state
 from training.config import MOVED_KEYS, PretrainConfig, validate
+from training.continue_from import continue_from
 from training.distributed import DistContext
 from training.ema import EMA
 from training.init_from import starting_point
@@ -91,7 +92,7 @@ def eval_only_config(config: PretrainConfig, composed: dict[str, Any], overrides
     saved = _read_saved_config(step_dir)
     # The weights come from the checkpoint, whose arch section is already sized: no starting point.
     merged = {**saved, "eval_only": True, "load_checkpoint": config.load_checkpoint, "resume": None,
-              "init_from": None, "init_from_hf": None}
+              "init_from": None, "init_from_hf": None, "continue_from": None}
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if key == "arch":
@@ -154,14 +155,20 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
                      evaluators=build_evaluators(evaluator_specs, eval_paths))
     if step_dir is not None:
         restore_train_state(state, ctx, step_dir)
+    elif config.continue_from:
+        continued = continue_from(state, ctx, config.continue_from)
+        if dist.is_main:
+            print(f"continued from {continued}: weights and optimizer state; step, schedule and data position "
+                  "start afresh", flush=True)
     wrap_forward(state, config, dist)
     return state, ctx, step_dir
 
 
 def run_length(config: PretrainConfig, stream: TrainStream) -> tuple[int, float]:
-    """(optimiser steps of the whole run, steps per epoch) for `epochs` passes over `stream`."""
+    """(optimiser steps of the whole run, steps per epoch): `total_steps` when set, else
+    `epochs` passes over `stream`."""
     steps_per_epoch = stream.examples_per_epoch / config.global_batch_size
-    return max(1, int(config.epochs * steps_per_epoch)), steps_per_epoch
+    return config.total_steps or max(1, int(config.epochs * steps_per_epoch)), steps_per_epoch
 
 
 def new_train_state(config: PretrainConfig, plugin: ArchPlugin, model: TrainModule, stream: TrainStream | None,

@@ -102,9 +102,13 @@ class PretrainConfig(BaseModel):
     max_steps: int | None = None
     """Stop after this many optimiser steps (for demos and smoke tests); the LR schedule
     still spans the whole run."""
+    total_steps: int | None = Field(default=None, ge=1)
+    """The run's length in optimiser steps, which the LR schedule spans (recipes stated in
+    steps, as NVIDIA's BERT phases); None: `epochs` x steps per epoch."""
 
     optimizer: str = "adam_atan2"
-    """Weights optimiser, a name in `training.optim.OPTIMIZERS`: TRM's Adam-atan2 or AdamW (BERT)."""
+    """Weights optimiser, a name in `training.optim.OPTIMIZERS`: TRM's Adam-atan2, AdamW (BERT),
+    or LAMB (BERT at batches of thousands, as NVIDIA trains it: `training/lamb.py`)."""
     lr: float
     """Peak learning rate."""
     lr_min_ratio: float = 1.0
@@ -176,6 +180,10 @@ class PretrainConfig(BaseModel):
     init_from: str | None = None
     """Start from the weights of this project's checkpoint, a run or step_N folder (`+init_from=`):
     sizes from its config, matching tensors loaded, the rest fresh (e.g. fine-tuning heads)."""
+    continue_from: str | None = None
+    """Start a new run from the weights and optimiser state of this project's checkpoint, a run or
+    step_N folder (`+continue_from=`; BERT's phase 2): step, schedule and data position start afresh
+    (`training/continue_from.py`). Ignored when the run resumes from a checkpoint of its own."""
 
     @field_validator("optimizer", "lr_schedule")
     @classmethod
@@ -231,8 +239,9 @@ class PretrainConfig(BaseModel):
             raise ValueError("data_paths is empty; pass data_paths=\"[path/to/dataset]\"")
         if self.eval_only and not self.load_checkpoint:
             raise ValueError("eval_only=true needs +load_checkpoint=PATH")
-        if self.init_from and self.init_from_hf:
-            raise ValueError("+init_from and +init_from_hf both name starting weights; keep one")
+        starts = [f"+{key}" for key in ("init_from", "init_from_hf", "continue_from") if getattr(self, key)]
+        if len(starts) > 1:
+            raise ValueError(f"{' and '.join(starts)} each name starting weights; keep one")
         if self.lr_warmup_ratio is not None and not 0.0 <= self.lr_warmup_ratio < 1.0:
             raise ValueError(f"lr_warmup_ratio must be in [0, 1) or null, got {self.lr_warmup_ratio}")
         if not 0.0 <= self.ema_rate < 1.0:
@@ -291,7 +300,7 @@ def validate(model_class: type[BaseModel], values: dict[str, Any], prefix: str =
         raise ConfigError(message) from None
 
 
-PLUS_KEYS = ("project_name", "run_name", "checkpoint_path", "load_checkpoint", "init_from_hf")
+PLUS_KEYS = ("project_name", "run_name", "checkpoint_path", "load_checkpoint", "init_from_hf", "continue_from")
 """Keys left out of the YAML on purpose: the command line adds them with a `+`."""
 
 MOVED_KEYS = {"arch.masking": "data.masking", "arch.trim_padding_to_multiple": "data.trim_padding_to_multiple"}

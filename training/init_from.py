@@ -75,9 +75,9 @@ class StartingPoint:
         return report
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, flag: str = "+init_from") -> dict:
     if not path.is_file():
-        raise UserError(f"+init_from: {path} not found; point at a run or step_N folder written by pretrain.py")
+        raise UserError(f"{flag}: {path} not found; point at a run or step_N folder written by pretrain.py")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -90,9 +90,16 @@ def starting_point(spec: str, plugin: ArchPlugin, arch_config: Any, metadata: An
         raise ConfigError(f"+init_from is not supported for arch {plugin.name}; remove it or use +load_checkpoint")
     folder = resolve_checkpoint(spec, None)
     arch = _read_json(folder / "config.json").get("arch") or {}
-    dataset = _read_json(folder / "dataset.json")
+    dataset = check_vocabulary(folder, metadata, "+init_from")
+    return StartingPoint(folder, plugin.checkpoint_config(arch, int(dataset["vocab_size"]), arch_config))
+
+
+def check_vocabulary(folder: Path, metadata: Any, flag: str) -> dict:
+    """The checkpoint's `dataset.json`, once the dataset of this run is known to use the same
+    vocabulary (`vocab_sha256`, when both record it); `flag` names the option in the error."""
+    dataset = _read_json(folder / "dataset.json", flag)
     ours, theirs = getattr(metadata, "vocab_sha256", None), dataset.get("vocab_sha256")
     if ours and theirs and ours != theirs:
-        raise UserError(f"the dataset's vocabulary differs from the one {folder} was trained with; rebuild the "
-                        f"dataset with --tokenizer {folder / 'tokenizer'}")
-    return StartingPoint(folder, plugin.checkpoint_config(arch, int(dataset["vocab_size"]), arch_config))
+        raise UserError(f"{flag}: the dataset's vocabulary differs from the one {folder} was trained with; rebuild "
+                        f"the dataset with --tokenizer {folder / 'tokenizer'}")
+    return dataset

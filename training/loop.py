@@ -36,7 +36,14 @@ from models.interface import Carry, StepOutput
 from training import distributed
 from training.checkpoint import best_checkpoint, list_checkpoints, save_train_state
 from training.config import PretrainConfig
-from training.metrics import MetricAccumulator, ThroughputMeter, format_record, natural_key, progress_fields
+from training.metrics import (
+    MetricAccumulator,
+    ThroughputMeter,
+    format_record,
+    natural_key,
+    progress_display,
+    progress_fields,
+)
 from training.prefetch import device_batches, to_device
 from training.signals import StopRequest
 from training.state import RunContext, TrainState
@@ -228,12 +235,13 @@ def evaluate(state: TrainState, ctx: RunContext, stop: StopRequest | None = None
 
 
 class EvalProgress:
-    """What rank 0 shows while evaluating: a bar per set on a terminal; otherwise (a log
-    file, a pipe) a line when the evaluation starts and one per finished set."""
+    """What rank 0 shows while evaluating: a bar per set when the bars' stream (stderr) is a
+    terminal, as for training (`progress_display`); otherwise (a log file, a pipe) a line
+    when the evaluation starts and one per finished set."""
 
     def __init__(self, enabled: bool, step: int) -> None:
         self.enabled, self.step = enabled, step
-        self.terminal = enabled and sys.stdout.isatty()
+        self.terminal = enabled and sys.stderr.isatty()
         self.set_name: str | None = None
         self.num_batches, self.started = 0, time.monotonic()
         self.bar: tqdm | None = None
@@ -308,7 +316,7 @@ def fit(state: TrainState, ctx: RunContext) -> None:
               "raise epochs or max_steps to continue", flush=True)
     stop = StopRequest()
     stop.install()
-    progress = tqdm(total=last_step, initial=state.step, disable=not ctx.dist.is_main, dynamic_ncols=True)
+    progress = progress_display(last_step, state.step, enabled=ctx.dist.is_main)
     accumulator = MetricAccumulator()
     meter = ThroughputMeter()
     # Read ahead in a background thread on CUDA; checkpoints keep the trained batch's position.

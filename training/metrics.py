@@ -2,7 +2,8 @@
 
 - `MetricAccumulator`: (sum, count) pairs added up locally, averaged over every rank.
 - `ThroughputMeter`: examples and real tokens per second between two reports.
-- `progress_fields`: what the progress bar shows.
+- `progress_fields`: what the progress bar shows; `progress_display`: the bar on a terminal,
+  `LineProgress` (one line per log interval) in a log file or a pipe.
 - `MetricsLogger`: where records go: `metrics.jsonl` in the run folder, and Weights &
   Biases if available.
 
@@ -12,16 +13,19 @@ once, so a killed run keeps its curve) and forwards the same record to wandb.
 
 wandb is optional: `wandb=auto` logs online when the package is installed and a login
 is found, offline when it is installed but not logged in, and not at all when it is
-missing; `wandb=disabled` turns it off. Training never fails because of wandb.
+missing; `wandb=disabled` turns it off. Training never fails because of wandb once it
+has started: `wandb=online` without a login is refused before anything is built
+(`check_wandb_login`), with one line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
-import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +33,7 @@ from typing import Any
 
 import torch
 
+from core.errors import UserError
 from core.files import write_text
 from training import distributed
 
@@ -85,7 +90,7 @@ def _start_wandb(mode: str, run_dir: Path, project: str, run_name: str, config: 
             print(f"note: wandb={mode} but the wandb package is not installed (pip install wandb); logging to metrics.jsonl only")
         return None
     if mode == "auto":
-        mode = "online" if _wandb_logged_in(wandb) else "offline"
+        mode = "online" if wandb_logged_in(wandb) else "offline"
     run = wandb.init(project=project, name=run_name, config=config, dir=str(run_dir), mode=mode, resume="allow",
                      id=_wandb_run_id(run_dir))
     if mode == "offline":
@@ -93,13 +98,27 @@ def _start_wandb(mode: str, run_dir: Path, project: str, run_name: str, config: 
     return run
 
 
-def _wandb_logged_in(wandb_module) -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
+def check_wandb_login(mode: str) -> None:
+    """Refuse `wandb=online` before anything is built when wandb is installed but finds no login
+    (wandb itself would stop the run with a traceback, or wait at a prompt)."""
+    if mode != "online":
+        return
     try:
-        return bool(wandb_module.api.api_key)
-    except AttributeError:
-        return False
+        import wandb
+    except ImportError:
+        return  # the logger says so in a note and logs to metrics.jsonl
+    if not wandb_logged_in(wandb):
+        raise UserError("wandb=online but wandb finds no login (no WANDB_API_KEY, no `wandb login`); "
+                        "run `wandb login`, or use wandb=offline (sync later) or wandb=disabled")
+
+
+def wandb_logged_in(wandb_module) -> bool:
+    """Whether wandb finds credentials (WANDB_API_KEY, its settings, .netrc), without prompting or
+    asking the server: `wandb.login(prompt=False)` where it exists (newer wandb deprecates the
+    `wandb.api` check and warns on it), `wandb.api.api_key` on the older versions that lack it."""
+    if "prompt" in inspect.signature(wandb_module.login).parameters:
+        return bool(wandb_module.login(prompt=False, verify=False))
+    return bool(wandb_module.api.api_key)
 
 
 def _wandb_run_id(run_dir: Path) -> str:
@@ -185,6 +204,45 @@ def natural_key(name: str) -> list:
 def format_record(metrics: dict[str, float]) -> dict[str, float | str]:
     """Metric values as JSON can hold them (non-finite values as strings)."""
     return {name: _json_number(value) for name, value in metrics.items()}
+
+
+class LineProgress:
+    """The progress bar's stand-in when it would not land on a terminal (a log file, a pipe):
+    one plain line per `set_postfix` call, i.e. per `log_interval`, instead of a carriage-return
+    redraw several times a second. Same calls as the `tqdm` bar it replaces."""
+
+    def __init__(self, total: int, initial: int):
+        self.total, self.n, self.initial = total, initial, initial
+        self.start = time.perf_counter()
+
+    def update(self, steps: int = 1) -> None:
+        """Count `steps` more steps (silently)."""
+        self.n += steps
+
+    def set_postfix(self, fields: dict[str, str], refresh: bool = False) -> None:
+        """Print `step N/TOTAL: fields, elapsed and remaining time`."""
+        elapsed = time.perf_counter() - self.start
+        done = self.n - self.initial
+        remaining = elapsed / done * (self.total - self.n) if done else float("nan")
+        shown = " ".join(f"{name}={value}" for name, value in fields.items())
+        print(f"step {self.n}/{self.total}: {shown} ({_clock(elapsed)} elapsed, {_clock(remaining)} left)", flush=True)
+
+    def close(self) -> None:
+        """Nothing to clear (the bar's interface)."""
+
+
+def _clock(seconds: float) -> str:
+    return "?" if not math.isfinite(seconds) else time.strftime("%H:%M:%S", time.gmtime(seconds))
+
+
+def progress_display(total: int, initial: int, enabled: bool):
+    """The training progress: a `tqdm` bar on a terminal, `LineProgress` lines when the bar's
+    stream (stderr) is a file or a pipe, nothing where `enabled` is false (ranks other than 0)."""
+    if enabled and not sys.stderr.isatty():
+        return LineProgress(total, initial)
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True)
 
 
 def progress_fields(metrics: dict[str, float], main_loss: str) -> dict[str, str]:

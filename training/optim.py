@@ -4,7 +4,8 @@
   (no epsilon), as TRM trains with; pure PyTorch, so it runs on any device.
 - `SparseSignSGD`: TRM's optimiser for the puzzle-embedding table: only the rows used in
   the batch move, by the sign of their gradient (duplicate ids summed, then over ranks).
-- `OPTIMIZERS`: the weights optimisers by `optimizer=` name (a new one is one entry here).
+- `OPTIMIZERS`: the weights optimisers by `optimizer=` name (a new one is one entry here):
+  AdamW, Adam-atan2 and LAMB (`training.lamb.Lamb`).
 - `build_optimizers`: the run's optimisers over the architecture's parameter groups.
 
 The learning rate of each update is set from `training.schedule`.
@@ -20,9 +21,11 @@ import torch.distributed as dist
 from torch import nn
 
 from models.interface import ParamGroups
+from training.adam_moments import GroupwiseOptimizer, adam_moments
+from training.lamb import Lamb
 
 
-class AdamAtan2(torch.optim.Optimizer):
+class AdamAtan2(GroupwiseOptimizer):
     """Adam-atan2 with decoupled weight decay.
 
     Per parameter p with gradient g at step t:
@@ -35,40 +38,11 @@ class AdamAtan2(torch.optim.Optimizer):
             raise ValueError(f"invalid AdamAtan2 settings: lr={lr}, betas={betas}, weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102
-        for group in self.param_groups:
-            params = [param for param in group["params"] if param.grad is not None]
-            if params:
-                self._update(params, group)
-        return None
-
     def _update(self, params: list[torch.Tensor], group: dict) -> None:
-        """One step for `params` of one group with multi-tensor (`_foreach`) kernels.
-
-        A handful of kernel launches per group instead of eight per tensor; the step
-        counters stay on the CPU, so the bias corrections cost no device sync.
-        """
-        beta1, beta2 = group["betas"]
+        """One step for `params` of one group with multi-tensor (`_foreach`) kernels."""
         lr, weight_decay = group["lr"], group["weight_decay"]
-        for param in params:
-            if not self.state[param]:
-                self.state[param] = {"step": torch.zeros((), dtype=torch.float32),
-                                     "exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}
-        states = [self.state[param] for param in params]
-        grads = [param.grad for param in params]
-        exp_avgs = [state["exp_avg"] for state in states]
-        exp_avg_sqs = [state["exp_avg_sq"] for state in states]
-        steps = [state["step"] for state in states]
-        torch._foreach_add_(steps, 1.0)
-        step_values = [step.item() for step in steps]  # CPU tensors: no device sync
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        m_hat, v_hat = adam_moments(self, params, group["betas"])
         torch._foreach_mul_(params, 1 - lr * weight_decay)
-        m_hat = torch._foreach_div(exp_avgs, [1 - beta1**step for step in step_values])
-        v_hat = torch._foreach_div(exp_avg_sqs, [1 - beta2**step for step in step_values])
-        torch._foreach_sqrt_(v_hat)
         for m, v in zip(m_hat, v_hat):
             m.atan2_(v)  # no _foreach_atan2 in PyTorch; in place into m_hat's buffers
         torch._foreach_add_(params, m_hat, alpha=-lr)
@@ -138,6 +112,10 @@ def _adam_atan2(groups: list[dict], lr: float, betas: tuple[float, float]) -> to
     return AdamAtan2(groups, lr=lr, betas=betas)
 
 
+def _lamb(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    return Lamb(groups, lr=lr, betas=betas)
+
+
 def _adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
     params = [param for group in groups for param in group["params"]]
     fused = bool(params) and params[0].device.type == "cuda"
@@ -147,6 +125,7 @@ def _adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.o
 OPTIMIZERS: dict[str, Callable[[list[dict], float, tuple[float, float]], torch.optim.Optimizer]] = {
     "adam_atan2": _adam_atan2,
     "adamw": _adamw,
+    "lamb": _lamb,
 }
 """Weights optimisers by `optimizer=` name: (dense parameter groups, lr, betas) -> optimiser."""
 
