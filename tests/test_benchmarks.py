@@ -120,6 +120,21 @@ def test_the_finetune_quality_verdict_compares_the_means_with_the_seed_spread():
     assert "loss: means differ by 0.2050, larger seed spread 0.0200 -> NOT within noise" in verdict
 
 
+def test_the_data_scale_workers_drive_the_stream_and_the_order(tmp_path):
+    """benchmarks.data_scale's workers run on this code (rank 0 of 2 processes, and an order
+    past the exact-shuffle size), so a loader change that breaks them fails here."""
+    import argparse
+
+    from benchmarks import data_scale
+    from tests.test_mlm_dataset import write_dataset
+
+    write_dataset(tmp_path, 40, 0, seq_len=32)
+    rank0 = data_scale.rank0_worker(argparse.Namespace(data=str(tmp_path), world=2, batches=2))
+    assert rank0["us_per_row"] > 0 and rank0["max_ms"] > 0
+    order = data_scale.order_worker(argparse.Namespace(rows=100_003))
+    assert order["peak_traced_mb"] < 1 and order["median_ms"] > 0
+
+
 def test_the_lamb_benchmark_runs_the_other_seeds_at_the_best_rate(monkeypatch):
     from benchmarks import lamb_large_batch
 

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from core.constants import IGNORE_LABEL_ID
+from dataset.stream import EpochOrder
 from dataset.text.loader import MLMTrainStream
-from dataset.text.masking import MaskingConfig
+from dataset.text.masking import Masker, MaskingConfig
 from models.bert.config import BertConfig, BertLossConfig
 from models.bert.model import Bert
-from tests.test_mlm_dataset import PAD, write_dataset
+from tests.test_mlm_dataset import PAD, SEP, write_dataset
 from training.optim import AdamAtan2
 from training.prefetch import PlainBatches, Prefetcher, device_batches
 
@@ -108,15 +109,65 @@ def test_trimmed_batches_are_the_full_ones_without_their_padding_columns(tmp_pat
     assert min(widths) < 64  # something was trimmed
 
 
-def test_trimming_is_decided_on_the_global_batch(tmp_path):
+def write_lengths(root, value=None):
+    """The builder's `.lengths.npy` next to each train shard: real tokens per row (or `value`)."""
+    for shard in sorted((root / "train").glob("shard_?????.npy")):
+        ids = np.load(shard)
+        lengths = (ids != PAD).sum(axis=1) if value is None else np.full(len(ids), value)
+        np.save(shard.with_name(shard.name.replace(".npy", ".lengths.npy")), lengths.astype(np.uint16))
+
+
+@pytest.mark.parametrize("stored_lengths", [False, True])
+def test_trimming_is_decided_on_the_global_batch(tmp_path, stored_lengths):
+    """1, 2 and 3 processes: the same widths, masks and batches (rank slices of one)."""
     write_dataset(tmp_path, 40, 0, seq_len=64)
-    make = lambda rank, world: MLMTrainStream([str(tmp_path)], 0, 8, rank, world, MaskingConfig(), trim_to_multiple=8)
-    single = take(make(0, 1), 6)
-    ranks = [take(make(rank, 2), 6) for rank in range(2)]
-    for whole, first, second in zip(single, *ranks):
-        assert first["input_ids"].shape == second["input_ids"].shape == (4, whole["input_ids"].shape[1])
-        for key in whole:
-            np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), whole[key])
+    if stored_lengths:
+        write_lengths(tmp_path)
+    make = lambda rank, world: MLMTrainStream([str(tmp_path)], 0, 12, rank, world, MaskingConfig(), trim_to_multiple=8)
+    single = take(make(0, 1), 8)
+    for world in (2, 3):
+        ranks = [take(make(rank, world), 8) for rank in range(world)]
+        for whole, *parts in zip(single, *ranks):
+            assert all(part["input_ids"].shape == (12 // world, whole["input_ids"].shape[1]) for part in parts)
+            for key in whole:
+                np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), whole[key])
+    widths = [batch["input_ids"].shape[1] for batch in single]
+    assert min(widths) < 64 == max(widths)  # both ways of deciding were taken
+
+
+def test_other_ranks_rows_are_judged_by_their_stored_lengths(tmp_path):
+    write_dataset(tmp_path, 40, 0, seq_len=64)
+    make = lambda world: MLMTrainStream([str(tmp_path)], 0, 12, 0, world, MaskingConfig(), trim_to_multiple=8)
+    honest = [batch["input_ids"].shape[1] for batch in take(make(2), 8)]
+    write_lengths(tmp_path, value=64)  # claims every row is full: the width follows the claim
+    assert min(honest) < 64
+    assert [batch["input_ids"].shape[1] for batch in take(make(2), 8)] == [64] * 8
+    # One process sees every row's ids itself and never consults the stored lengths.
+    assert [batch["input_ids"].shape[1] for batch in take(make(1), 8)] == honest
+
+
+@pytest.mark.parametrize("full_rows", [True, False])
+def test_a_rank_orders_and_masks_only_its_own_rows(tmp_path, monkeypatch, full_rows):
+    """Rank 1 of 4 asks the order for its own 3 positions and draws 3 rows of masks; only
+    when none of its rows is full does it also read the global batch's lengths."""
+    write_dataset(tmp_path, 40, 0, seq_len=64)
+    if full_rows:  # every row [CLS] w ... w [SEP], no padding
+        for shard in (tmp_path / "train").glob("shard_?????.npy"):
+            ids = np.load(shard)
+            ids[ids == PAD] = 7
+            ids[:, -1] = SEP
+            np.save(shard, ids)
+    asked, drawn = [], []
+    rows, draw = EpochOrder.rows, Masker.draw_keyed
+    monkeypatch.setattr(EpochOrder, "rows", lambda self, start, count: asked.append(count) or rows(self, start, count))
+    monkeypatch.setattr(Masker, "draw_keyed", staticmethod(lambda *a: drawn.append(len(a[2])) or draw(*a)))
+    stream = MLMTrainStream([str(tmp_path)], 0, 12, 1, 4, MaskingConfig(), trim_to_multiple=8)
+    widths = [batch["input_ids"].shape[1] for batch in take(stream, 5)]
+    assert drawn == [3] * 5
+    if full_rows:
+        assert asked == [3] * 5 and widths == [64] * 5
+    else:
+        assert asked.count(3) == 5 and set(asked) <= {3, 12} and 12 in asked
 
 
 def test_bert_loss_is_the_same_on_the_trimmed_batch():

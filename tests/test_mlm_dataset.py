@@ -139,16 +139,24 @@ def test_masking_short_rows_get_one_and_empty_rows_none():
     assert labels[0, 1] == 7 and labels[2, 4] == IGNORE_LABEL_ID
 
 
-def test_masking_is_reproducible_and_draws_are_row_sliceable():
+def test_masking_is_reproducible_and_keyed_draws_depend_on_the_index_alone():
     ids = random_rows(np.random.default_rng(2), 12, 32)
     masker = Masker(VOCAB_SIZE, SPECIAL, MASK, 0.3)
     first = masker(ids, seeded_rng(5))
     second = masker(ids, seeded_rng(5))
-    draws = masker.draw(seeded_rng(5), ids.shape)
-    halves = [masker.apply(ids[s:e], draws.rows(s, e)) for s, e in ((0, 6), (6, 12))]
     for index in range(2):
         np.testing.assert_array_equal(first[index], second[index])
-        np.testing.assert_array_equal(first[index], np.concatenate([h[index] for h in halves]))
+    indices = 1000 + np.arange(12)
+    whole = masker.apply(ids, Masker.draw_keyed(5, 7, indices, 32))
+    # Drawn in three parts (as three ranks would): the same masks.
+    parts = [masker.apply(ids[s:e], Masker.draw_keyed(5, 7, indices[s:e], 32)) for s, e in ((0, 4), (4, 8), (8, 12))]
+    for index in range(2):
+        np.testing.assert_array_equal(whole[index], np.concatenate([part[index] for part in parts]))
+    # Another seed, key or index gives other draws.
+    reference = Masker.draw_keyed(5, 7, indices, 32).keys
+    for other in (Masker.draw_keyed(6, 7, indices, 32), Masker.draw_keyed(5, 8, indices, 32),
+                  Masker.draw_keyed(5, 7, indices + 1, 32)):
+        assert (other.keys != reference).mean() > 0.99
 
 
 def test_whole_word_masking_keeps_words_together():

@@ -85,7 +85,7 @@ def read_split(root: Path, split: str, kind: str = "") -> np.ndarray:
     metadata = json.loads((root / "dataset.json").read_text())
     suffix = f".{kind}.npy" if kind else ".npy"
     arrays = [np.load(root / split / name.replace(".npy", suffix)) for name in metadata["shards"][split]]
-    width = () if kind == "nsp" else (metadata["seq_len"],)
+    width = () if kind in ("nsp", "lengths") else (metadata["seq_len"],)
     return np.concatenate(arrays) if arrays else np.zeros((0, *width), dtype=np.int64)
 
 
@@ -184,6 +184,9 @@ def test_round_trip_gives_back_the_normalised_text(corpus):
         assert ids.shape == (metadata["num_sequences"][split], 32)
         assert (ids[:, 0] == 2).all()
         assert int((ids != 0).sum()) == metadata["num_tokens"][split]
+        lengths = read_split(output, split, "lengths")
+        assert lengths.dtype == np.uint16
+        np.testing.assert_array_equal(lengths, (ids != 0).sum(axis=1))
         split_documents = documents_by_marker(decode_words(ids.ravel(), vocab))
         assert not set(split_documents) & set(found), "a document is in both splits"
         found.update(split_documents)

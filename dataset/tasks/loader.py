@@ -77,7 +77,7 @@ def _take(arrays: dict[str, np.ndarray], rows: np.ndarray, ids: np.ndarray, widt
 class TaskTrainStream:
     """The endless, seeded stream of training batches of a fine-tuning dataset (a `TrainStream`).
 
-    Epoch e visits every training row in the order of `seeded_rng(seed, e)`'s permutation;
+    Epoch e visits every training row in the order of `EpochOrder(seed, ...)`;
     global batches are consecutive chunks of that stream, spanning epochs. The state is
     the absolute stream position, so resuming needs no replay; each rank keeps its slice
     of the global batch, so 1 and N processes train on the same batches.

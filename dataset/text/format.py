@@ -8,6 +8,8 @@ and its writer (`ShardWriter`):
     <root>/<split>/shard_00000.nsp.npy      int8 [n], 0 = B follows A, 1 = B is random (NSP datasets)
     <root>/<split>/shard_00000.masked.npy   ids after the build-time mask (static masking only)
     <root>/<split>/shard_00000.labels.npy   int32 [n, seq_len], original id or -100 (static masking only)
+    <root>/<split>/shard_00000.lengths.npy  uint16 [n], real (non-padding) tokens per row (datasets
+                                            built before it lack it: the stream counts them from the ids)
 
 with `<split>` in {train, test}. Every sequence is `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`.
 """
@@ -240,6 +242,9 @@ class ShardWriter:
         name = f"shard_{len(self.names):05d}"
         ids = self.ids[: self.rows]  # (n, L)
         np.save(self.folder / f"{name}.npy", ids)
+        # Real tokens per row: the training stream decides trimmed widths from these, not the ids.
+        lengths = (ids != self.pad_id).sum(axis=1).astype(np.uint16 if self.seq_len < 2**16 else np.int32)
+        np.save(self.folder / f"{name}.lengths.npy", lengths)
         if self.nsp:
             np.save(self.folder / f"{name}.nsp.npy", self.nsp_labels[: self.rows])
         if self.masker is not None:

@@ -2,11 +2,10 @@
 evaluation batches (the contract is `dataset.stream`).
 
 Masking is dynamic by default: the stream draws a fresh mask each time it serves a
-sequence. The random numbers of a global batch are drawn from `seeded_rng(seed, key,
-stream position of its first example)` for the whole global batch at once, then each
-rank applies its slice to its own rows, so masks are reproducible, exact under resume
-and the same whatever the number of processes. Shards are memory-mapped; only the rows
-of the current batch are read.
+sequence. The random numbers of the example at stream position p are counter-based, a
+function of (seed, key, p) alone (`Masker.draw_keyed`), so a rank draws only its own
+rows' and masks are reproducible, exact under resume and the same whatever the number of
+processes. Shards are memory-mapped; only the rows of the current batch are read.
 """
 
 from __future__ import annotations
@@ -19,12 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.batching import rank_rows
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError
-from dataset.stream import Batch, EpochOrder, EvalBatches, open_npy, seeded_rng, trimmed_width
+from dataset.stream import Batch, EpochOrder, EvalBatches, open_npy, padded_width
 from dataset.text.format import MLMDatasetMetadata, load_mlm_metadata
 from dataset.text.masking import Masker, MaskingConfig, build_masker
 
 TRAIN_MASK_STREAM_KEY = 7
-"""Second key of the generator behind the training masks: seeded_rng(seed, 7, position)."""
+"""Second key of the training masks' draws: draw_keyed(seed, 7, stream positions)."""
 EVAL_MASK_STREAM_KEY = 11
 """Second key of the generator behind the (fixed) evaluation masks."""
 
@@ -41,7 +40,7 @@ class _SplitShards:
     """The memory-mapped shards of one split of one or more datasets, as one row space."""
 
     def __init__(self, metadata: MLMDatasetMetadata, split: str):
-        self.metadata = metadata
+        self.metadata, self.split = metadata, split
         self.ids, self.nsp, self.masked, self.labels = [], [], [], []
         for name in metadata.shards[split]:
             shard = Path(name)
@@ -52,6 +51,7 @@ class _SplitShards:
             if metadata.static_masking:
                 self.masked.append(self._open(_companion(shard, "masked"), (metadata.seq_len,), rows))
                 self.labels.append(self._open(_companion(shard, "labels"), (metadata.seq_len,), rows))
+        self._lengths: dict[int, np.ndarray | None] = {}
         self.starts = np.cumsum([0] + [len(ids) for ids in self.ids])  # (num_shards + 1,)
         self.num_rows = int(self.starts[-1])
         if self.num_rows != metadata.num_sequences[split]:
@@ -67,24 +67,53 @@ class _SplitShards:
             raise UserError(f"{path} has shape {array.shape}, not (n, *{row_shape}); rebuild the dataset")
         return array
 
+    def _shard_rows(self, rows: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(shard, where in `rows`, rows inside that shard) for each shard `rows` touch."""
+        if len(rows) == 0:
+            return []
+        shard_of_row = np.searchsorted(self.starts, rows, side="right") - 1  # (n,)
+        if len(self.starts) <= 1 << 16:  # a stable sort of 16-bit keys is a radix sort: O(n)
+            shard_of_row = shard_of_row.astype(np.uint16)
+        by_shard = np.argsort(shard_of_row, kind="stable")  # (n,) grouped by shard
+        sorted_shards = shard_of_row[by_shard]
+        firsts = np.flatnonzero(sorted_shards[1:] != sorted_shards[:-1]) + 1  # where a new shard starts
+        groups = []
+        for where in np.split(by_shard, firsts):
+            shard = int(shard_of_row[where[0]])
+            groups.append((shard, where, rows[where] - self.starts[shard]))
+        return groups
+
     def take(
         self, rows: np.ndarray, keys: tuple[str, ...] = ("ids", "nsp", "masked", "labels")
     ) -> dict[str, np.ndarray]:
         """Rows (global indices) of the stored arrays among `keys` that exist: ids, and
         nsp/masked/labels when present."""
-        shard_of_row = np.searchsorted(self.starts, rows, side="right") - 1  # (n,)
         arrays = {"ids": self.ids, "nsp": self.nsp, "masked": self.masked, "labels": self.labels}
+        groups = self._shard_rows(rows)
         out = {}
         for key in keys:
             shards = arrays[key]
             if not shards:
                 continue
             result = np.empty((len(rows),) + shards[0].shape[1:], dtype=np.int64)
-            for shard in np.unique(shard_of_row):
-                in_shard = shard_of_row == shard
-                result[in_shard] = shards[shard][rows[in_shard] - self.starts[shard]]
+            for shard, where, inside in groups:
+                result[where] = shards[shard][inside]
             out[key] = result
         return out
+
+    def lengths(self, rows: np.ndarray) -> np.ndarray:
+        """Real tokens (not padding) of each row (global indices), int64 (n,): read from the
+        shard's `.lengths.npy` where the builder wrote one, else counted from its ids."""
+        result = np.empty(len(rows), dtype=np.int64)
+        for shard, where, inside in self._shard_rows(rows):
+            if shard not in self._lengths:
+                stored = _companion(Path(self.metadata.shards[self.split][shard]), "lengths")
+                self._lengths[shard] = self._open(stored, (), len(self.ids[shard])) if stored.is_file() else None
+            if self._lengths[shard] is None:
+                result[where] = (self.ids[shard][inside] != self.metadata.pad_id).sum(axis=1)
+            else:
+                result[where] = self._lengths[shard][inside]
+        return result
 
 
 def _model_batch(
@@ -125,13 +154,15 @@ class MLMDataOptions(BaseModel):
 class MLMTrainStream:
     """The endless, seeded stream of training batches of MLM datasets (a `TrainStream`).
 
-    Epoch e visits every training sequence in the order of `seeded_rng(seed, e)`'s
-    permutation; global batches are consecutive chunks of that stream, spanning epochs.
-    The state is the absolute stream position, so resuming needs no replay. Each rank
-    reads only its own rows; the mask draws are made for the whole global batch and
-    sliced, so the result equals `rank_slice` of the single-process batch. With
-    `trim_to_multiple`, the columns after the global batch's longest sequence are dropped
-    (rounded up to the multiple): the same on every rank, and no compute on them.
+    Epoch e visits every training sequence in the order of `EpochOrder(seed, ...)`;
+    global batches are consecutive chunks of that stream, spanning epochs. The state is
+    the absolute stream position, so resuming needs no replay. Each rank computes the
+    order of, reads and masks only its own rows (masks are keyed by stream position), so
+    the result equals `rank_slice` of the single-process batch at a cost that grows with
+    the local batch. With `trim_to_multiple`, the columns after the global batch's longest
+    sequence are dropped (rounded up to the multiple): the same on every rank, and no
+    compute on them. Deciding it looks at the other ranks' rows only when this rank's
+    are all shorter than the full length, and then only at their lengths (`_global_width`).
     """
 
     def __init__(
@@ -166,24 +197,37 @@ class MLMTrainStream:
         """This rank's slice of the next global batch (see the module docstring for the keys)."""
         start = self._position
         first, stop = self._rows_of_rank
-        global_rows = self._order.rows(start, self.global_batch_size)  # (B,)
-        rows = global_rows[first:stop]  # (b,)
+        rows = self._order.rows(start + first, stop - first)  # (b,)
         stored = self._train.take(rows)
         if self._masker is None:
             masked, labels = stored["masked"], stored["labels"]
         else:
-            draws = self._masker.draw(
-                seeded_rng(self.seed, TRAIN_MASK_STREAM_KEY, start), (self.global_batch_size, self.metadata.seq_len)
-            )
-            masked, labels = self._masker.apply(stored["ids"], draws.rows(first, stop))
+            positions = start + np.arange(first, stop)  # (b,)
+            draws = self._masker.draw_keyed(self.seed, TRAIN_MASK_STREAM_KEY, positions, self.metadata.seq_len)
+            masked, labels = self._masker.apply(stored["ids"], draws)
         self._position += self.global_batch_size
         batch = _model_batch(stored, masked, labels, self.metadata)
         if self.trim_to_multiple is None:
             return batch
-        # Decided on the global batch, so every rank keeps the same width.
-        ids = stored["ids"] if self.world_size == 1 else self._train.take(global_rows, ("ids",))["ids"]
-        width = trimmed_width(ids, self.metadata.pad_id, self.trim_to_multiple)
+        width = self._global_width(start, batch["attention_mask"].sum(axis=1))
         return {key: value[:, :width] if value.ndim == 2 else value for key, value in batch.items()}
+
+    def _global_width(self, start: int, local_lengths: np.ndarray) -> int:
+        """The trimmed width of the global batch at `start`, from this rank's row lengths.
+
+        The width is the longest row of the global batch, rounded up; it is already the
+        full length when one of this rank's rows is long enough (nearly always for
+        packed pretraining data at a large batch), and then no other row is looked at.
+        Otherwise the lengths of every row of the global batch are read (stored lengths:
+        two bytes a row, not its ids), in one vectorised pass: O(global batch), but small.
+        Either way the result is the same on every rank and equal to one process's.
+        """
+        seq_len, multiple = self.metadata.seq_len, self.trim_to_multiple
+        width = padded_width(int(local_lengths.max()), seq_len, multiple)
+        if width < seq_len and self.world_size > 1:
+            rows = self._order.rows(start, self.global_batch_size)  # (B,)
+            width = max(width, padded_width(int(self._train.lengths(rows).max()), seq_len, multiple))
+        return width
 
     def state_dict(self) -> dict[str, int]:
         """Examples served so far (all ranks together), and the dataset size as a check."""
@@ -238,7 +282,7 @@ def _eval_batches(
         if masker is None:
             masked, labels = stored["masked"], stored["labels"]
         else:
-            draws = masker.draw_for_rows(seed, EVAL_MASK_STREAM_KEY, rows, metadata.seq_len)
+            draws = masker.draw_keyed(seed, EVAL_MASK_STREAM_KEY, rows, metadata.seq_len)
             masked, labels = masker.apply(stored["ids"], draws)
         yield "all", _model_batch(stored, masked, labels, metadata)
 

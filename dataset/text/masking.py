@@ -2,8 +2,9 @@
 
 `Masker` chooses `mask_prob` of the maskable tokens of each sequence, then replaces
 80% of them by [MASK], 10% by a random token, and leaves 10% (optionally whole words).
-The random numbers come in `MaskDraws` drawn for a whole global batch at once, so each
-rank can apply its own slice and the result does not depend on the number of processes.
+The random numbers come in `MaskDraws`; the streams draw them counter-based, a function of
+(seed, key, row id or stream position) alone (`Masker.draw_keyed`), so each rank draws
+only its own rows' and the result does not depend on the number of processes.
 `MLMDataOptions` holds the settings a run may change (`data.*` in the config).
 """
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.constants import IGNORE_LABEL_ID
 from core.errors import ConfigError
+from dataset.stream import mix64
 from dataset.text.format import MLMDatasetMetadata
 
 
@@ -36,17 +38,13 @@ class MaskingConfig(BaseModel):
 
 @dataclass
 class MaskDraws:
-    """The random numbers behind the masks of a batch; row-sliceable, content-independent."""
+    """The random numbers behind the masks of a batch (content-independent)."""
 
     keys: np.ndarray
-    """int64 (B, L): random 40-bit numbers that order the positions (or words) of each row."""
+    """int64 (B, L): random numbers below 2**40 that order the positions (or words) of each row."""
     choice: np.ndarray
     """float64 (B, L): < 0.8 -> [MASK]; in [0.8, 0.9) -> random token, the position in
     that interval picking the token; else unchanged."""
-
-    def rows(self, start: int, stop: int) -> MaskDraws:
-        """The draws of rows start..stop-1."""
-        return MaskDraws(self.keys[start:stop], self.choice[start:stop])
 
 
 class Masker:
@@ -83,15 +81,17 @@ class Masker:
         return MaskDraws(keys=rng.integers(0, 2**40, size=shape, dtype=np.int64), choice=rng.random(shape))
 
     @staticmethod
-    def draw_for_rows(seed: int, key: int, rows: np.ndarray, length: int) -> MaskDraws:
-        """Draws that depend only on (seed, key, row, position): a row's mask is the same
-        whatever batch, batch size or rank it is served in (evaluation uses this)."""
-        base = _mix64(np.uint64(seed) * np.uint64(0x100000001B3) ^ np.uint64(key))  # 0-d uint64
-        row_base = _mix64(base ^ np.asarray(rows, dtype=np.uint64))  # (B,)
-        counters = row_base[:, None] + np.arange(2 * length, dtype=np.uint64)[None, :]  # (B, 2L)
-        bits = _mix64(counters)
-        keys = (bits[:, 0::2] >> np.uint64(24)).astype(np.int64)  # 40-bit numbers
-        choice = (bits[:, 1::2] >> np.uint64(11)).astype(np.float64) * 2.0**-53  # uniform in [0, 1)
+    def draw_keyed(seed: int, key: int, indices: np.ndarray, length: int) -> MaskDraws:
+        """Draws for rows (B, length) that depend only on (seed, key, index, column): an
+        example's mask is the same whatever batch, batch size or rank it is served in.
+        Evaluation keys by row id (the same mask each round), training by stream position
+        (a fresh mask each time a row is served)."""
+        base = mix64(np.uint64(seed) * np.uint64(0x100000001B3) ^ np.uint64(key))  # 0-d uint64
+        row_base = mix64(base ^ np.asarray(indices, dtype=np.uint64))  # (B,)
+        # One 64-bit number per position: the high half orders it, the low half picks its fate.
+        bits = mix64(row_base[:, None] + np.arange(length, dtype=np.uint64)[None, :])  # (B, L)
+        keys = (bits >> np.uint64(32)).astype(np.int64)
+        choice = (bits & np.uint64(0xFFFFFFFF)).astype(np.float64) * 2.0**-32  # uniform in [0, 1)
         return MaskDraws(keys=keys, choice=choice)
 
     def __call__(self, input_ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -126,15 +126,6 @@ class Masker:
         previous_maskable = np.zeros_like(maskable)
         previous_maskable[:, 1:] = maskable[:, :-1]
         return maskable & (~self.continuation[input_ids] | ~previous_maskable)
-
-
-def _mix64(values: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser: a bijective scramble of uint64 values (wraps modulo 2**64)."""
-    with np.errstate(over="ignore"):
-        z = np.asarray(values, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
 
 
 def _order_keys(random_keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, int]:
