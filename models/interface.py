@@ -2,7 +2,7 @@
 
 An architecture is a plugin: a package `models/<name>/` whose `__init__.py` exports what
 `ArchPlugin` lists (its config class, its builder, the data kind it reads, its optimiser
-parameter groups, the name of its main loss, how to count a batch), and one line in
+parameter groups, the name of its main loss, how to count a batch and its FLOPs), and one line in
 `models.registry`. The builder returns a `TrainModule`: an `nn.Module` that holds the
 network *and* its loss head, and runs one step of work on a batch. The training engine
 (`training/`) knows nothing else about the model.
@@ -144,6 +144,11 @@ class ArchPlugin:
     """The loss term the progress bar shows (a key of `StepOutput.losses`)."""
     count_batch: Callable[[dict[str, np.ndarray]], dict[str, int]]
     """A host batch -> {"examples": rows, "tokens": real tokens (0 when not meaningful)}."""
+    train_flops: Callable[[TrainModule, dict[str, np.ndarray]], int] | None = None
+    """(model, host batch) -> floating-point operations of one training forward and backward
+    over the batch: 2 per multiply-add of every matmul, as `torch.utils.flop_counter` counts
+    them, recomputation not included (model FLOPs). The engine logs `train/tflops` and
+    `train/mfu` from it; None: it logs neither."""
     hf_config: Callable[[str, Any], Any] | None = None
     """(HF folder, arch config) -> arch config sized like the HF model (`+init_from_hf`)."""
     hf_load: Callable[[TrainModule, str], Any] | None = None

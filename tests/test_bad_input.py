@@ -317,7 +317,8 @@ def test_disk_full_keeps_the_previous_checkpoint(runs, tmp_path, monkeypatch):
         launch(compose_config(_trm(runs, f"+checkpoint_path={run_dir}")))
     assert str(error.value) == (f"disk full while saving checkpoint step_6 in {run_dir}; the previous checkpoint "
                                 f"{run_dir / 'step_3'} is intact; free space and resume")
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.jsonl", "step_3"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["banner.txt", "config.json", "environment.json", "metrics.jsonl",
+                                                         "step_3"]
     assert find_latest(run_dir) == run_dir / "step_3"
     assert read_checkpoint(run_dir / "step_3").train_state["step"] == 3
 

@@ -35,6 +35,7 @@ from training.config import MOVED_KEYS, PretrainConfig, validate
 from training.continue_from import continue_from
 from training.distributed import DistContext
 from training.ema import EMA
+from training.environment import describe_environment, run_environment
 from training.init_from import starting_point
 from training.metrics import MetricsLogger
 from training.optim import build_optimizers
@@ -238,11 +239,14 @@ def _hf_sized_config(config: PretrainConfig, plugin, arch_config, metadata):
 
 
 def prepare_run_dir(ctx: RunContext) -> None:
-    """Create the run folder and write its config snapshot `config.json` (rank 0 of a
-    training run; an `eval_only` run leaves the training run's files alone)."""
+    """Create the run folder and write its config snapshot `config.json` and what it runs on,
+    `environment.json` (rank 0 of a training run; an `eval_only` run leaves the training
+    run's files alone)."""
     if ctx.dist.is_main and not ctx.config.eval_only:
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(ctx.run_dir / "config.json", ctx.resolved_config())
+        ctx.environment = run_environment(ctx.dist.device, ctx.dist.world_size)
+        write_json(ctx.run_dir / "environment.json", ctx.environment)
 
 
 def open_metrics_logger(state: TrainState, ctx: RunContext) -> None:
@@ -251,14 +255,15 @@ def open_metrics_logger(state: TrainState, ctx: RunContext) -> None:
     if ctx.dist.is_main and not ctx.config.eval_only:
         # Records an interrupted run logged after its last checkpoint are logged again from here.
         logging = ctx.config.logging
-        ctx.logger = MetricsLogger(ctx.run_dir, logging.wandb, ctx.project_name, ctx.run_name, ctx.resolved_config(),
-                                   state.step)
+        ctx.logger = MetricsLogger(ctx.run_dir, logging.wandb, ctx.project_name, ctx.run_name,
+                                   {**ctx.resolved_config(), "environment": ctx.environment}, state.step)
 
 
-def print_banner(state: TrainState, ctx: RunContext, restored_from: Path | None) -> None:
-    """Say what runs (rank 0): the run or the evaluated step, its size, length and batch layout."""
+def print_banner(state: TrainState, ctx: RunContext, restored_from: Path | None) -> str | None:
+    """Say what runs (rank 0): the run or the evaluated step, its size, length, batch layout
+    and environment. Returns a training run's banner, for `MetricsLogger.save_banner`."""
     if not ctx.dist.is_main:
-        return
+        return None
     parameters = sum(param.numel() for param in state.model.parameters())
     layout = ctx.layout
     where = (f"device {ctx.dist.device}, {layout.world_size} process(es), global batch {layout.global_batch_size} "
@@ -266,11 +271,13 @@ def print_banner(state: TrainState, ctx: RunContext, restored_from: Path | None)
     if ctx.config.eval_only:
         print(f"evaluating step {state.step} of run {ctx.project_name}/{ctx.run_name} ({restored_from}) on "
               f"{', '.join(ctx.eval_paths)}: {parameters / 1e6:.2f}M parameters, {where}", flush=True)
-        return
+        return None
     last_step = state.last_step(ctx.config.max_steps)
     steps = f"{last_step} steps" + (f" (max_steps; the schedule spans {state.total_steps})"
                                     if last_step < state.total_steps else "")
-    print(f"run {ctx.project_name}/{ctx.run_name} in {ctx.run_dir}: {parameters / 1e6:.2f}M parameters, {steps}, "
-          f"{state.steps_per_epoch:.3f} steps per epoch, {where}", flush=True)
+    banner = [f"run {ctx.project_name}/{ctx.run_name} in {ctx.run_dir}: {parameters / 1e6:.2f}M parameters, {steps}, "
+              f"{state.steps_per_epoch:.3f} steps per epoch, {where}", describe_environment(ctx.environment)]
     if restored_from is not None:
-        print(f"resumed from {restored_from.name} of {ctx.run_dir} (step {state.step})", flush=True)
+        banner.append(f"resumed from {restored_from.name} of {ctx.run_dir} (step {state.step})")
+    print("\n".join(banner), flush=True)
+    return "\n".join(banner)

@@ -386,8 +386,8 @@ def train_counters(state: TrainState, ctx: RunContext) -> dict[str, Any]:
     """Step, data position and counters (`train_state.json`)."""
     return {
         "step": state.step, "total_steps": state.total_steps, "stream": state.stream_state,
-        "nonfinite_total": state.nonfinite_total, "world_size": ctx.dist.world_size, "time": time.time(),
-        "arch": ctx.arch_config.name,
+        "nonfinite_total": state.nonfinite_total, "tokens_seen": state.tokens_seen, "world_size": ctx.dist.world_size,
+        "time": time.time(), "arch": ctx.arch_config.name,
     }
 
 
@@ -398,6 +398,7 @@ def load_train_counters(state: TrainState, saved: dict[str, Any], with_stream: b
         state.stream_state = state.stream.state_dict()
     state.step = int(saved["step"])
     state.nonfinite_total = int(saved.get("nonfinite_total", 0))
+    state.tokens_seen = int(saved.get("tokens_seen", 0))
 
 
 def rng_states(ctx: RunContext) -> dict[str, torch.Tensor]:

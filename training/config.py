@@ -55,6 +55,8 @@ class LoggingSettings:
     wandb: str
     project_name: str | None
     run_name: str | None
+    peak_tflops: float | None
+    """`peak_tflops`: one device's peak, the denominator of `train/mfu`."""
 
 
 class PretrainConfig(BaseModel):
@@ -155,6 +157,9 @@ class PretrainConfig(BaseModel):
     rarely pays back), true everywhere (inductor on CPU too), false never."""
     log_interval: int = 10
     """Steps between metric records (means over the interval)."""
+    peak_tflops: float | None = Field(default=None, gt=0)
+    """Peak TFLOP/s of one device, the denominator of `train/mfu`; None takes the dense bf16
+    peak of a known GPU (`training.environment.PEAK_BF16_TFLOPS`) and logs no MFU on CPU."""
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
     """Weights & Biases: `auto` logs online when logged in, offline otherwise, and is
     off when the package is not installed."""
@@ -219,7 +224,7 @@ class PretrainConfig(BaseModel):
     @property
     def logging(self) -> LoggingSettings:
         """The logging keys as one value."""
-        return LoggingSettings(self.log_interval, self.wandb, self.project_name, self.run_name)
+        return LoggingSettings(self.log_interval, self.wandb, self.project_name, self.run_name, self.peak_tflops)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> PretrainConfig:

@@ -36,6 +36,7 @@ from models.interface import Carry, StepOutput
 from training import distributed
 from training.checkpoint import best_checkpoint, list_checkpoints, save_train_state
 from training.config import PretrainConfig
+from training.environment import memory_metrics, peak_tflops
 from training.metrics import (
     MetricAccumulator,
     ThroughputMeter,
@@ -82,9 +83,10 @@ def split_rows(tensors: dict[str, torch.Tensor], size: int) -> list[dict[str, to
 
 
 def train_step(state: TrainState, ctx: RunContext, batch: dict[str, torch.Tensor], stop: StopRequest,
-               accumulator: MetricAccumulator) -> bool:
+               accumulator: MetricAccumulator, num_tokens: int = 0) -> bool:
     """One optimiser step over this rank's share of the global batch, `micro_batch_size` rows
-    per forward; returns whether every rank agreed to stop after it."""
+    per forward; returns whether every rank agreed to stop after it. `num_tokens`, the real
+    tokens of this rank's batch, is summed over ranks into `state.tokens_seen`."""
     if state.carry is None:
         state.carry = state.model.initial_carry(batch)
     size = ctx.layout.micro_batch_size
@@ -107,12 +109,15 @@ def train_step(state: TrainState, ctx: RunContext, batch: dict[str, torch.Tensor
         state.carry = {key: outputs[0].carry[key] if len(outputs) == 1 else torch.cat([out.carry[key] for out in outputs])
                        for key in state.carry}
     grad_norm = gradient_norm(state.model, ctx.config.grad_clip_norm)
+    # float64: the token count stays exact.
     flags = torch.stack([
         (~torch.isfinite(grad_norm.float())).float().to(ctx.dist.device),
         _sparse_grads_nonfinite(state).to(ctx.dist.device),
         torch.tensor(float(stop.requested), device=ctx.dist.device),
-    ])
-    nonfinite, sparse_nonfinite, stop_votes = distributed.all_reduce_sum(flags).tolist()
+        torch.tensor(float(num_tokens), device=ctx.dist.device),
+    ]).double()
+    nonfinite, sparse_nonfinite, stop_votes, tokens = distributed.all_reduce_sum(flags).tolist()
+    state.tokens_seen += int(tokens)
     if nonfinite or sparse_nonfinite:
         _skip_step(state, ctx)
     else:
@@ -318,16 +323,19 @@ def fit(state: TrainState, ctx: RunContext) -> None:
     stop.install()
     progress = progress_display(last_step, state.step, enabled=ctx.dist.is_main)
     accumulator = MetricAccumulator()
-    meter = ThroughputMeter()
+    meter = ThroughputMeter(peak_tflops(ctx.dist.device, config.logging.peak_tflops))
     # Read ahead in a background thread on CUDA; checkpoints keep the trained batch's position.
     batches = device_batches(state.stream, ctx.dist.device)
     saved, saved_this_step, stopping = None, False, False  # `saved` is None on ranks other than 0
     try:
         while state.step < last_step and not stopping:
-            item = next(batches)
-            stopping = train_step(state, ctx, item.device, stop, accumulator)
+            with meter.waiting():
+                item = next(batches)
+            counts = ctx.plugin.count_batch(item.host)
+            stopping = train_step(state, ctx, item.device, stop, accumulator, counts["tokens"])
             state.stream_state = item.stream_state
-            meter.add(ctx.plugin.count_batch(item.host), ctx.dist.world_size)
+            flops = ctx.plugin.train_flops(state.model, item.host) if ctx.plugin.train_flops else None
+            meter.add(counts, ctx.dist.world_size, flops)
             progress.update(1)
             if state.step % config.logging.interval == 0 or state.step == last_step or stopping:
                 _log_train(state, ctx, accumulator, meter, progress)
@@ -370,8 +378,12 @@ def _log_train(state: TrainState, ctx: RunContext, accumulator: MetricAccumulato
                progress: tqdm) -> None:
     metrics = accumulator.reduce()
     metrics.update(meter.report())
+    metrics.update(memory_metrics(ctx.dist.device))
     metrics["train/lr"] = ctx.schedule.lr(state.step)  # the last update's
     metrics["train/nonfinite_steps"] = float(state.nonfinite_total)
+    metrics["train/epoch"] = state.step / state.steps_per_epoch
+    if state.tokens_seen:
+        metrics["train/tokens_seen"] = float(state.tokens_seen)
     if ctx.logger is not None:
         ctx.logger.log(state.step, metrics)
         progress.set_postfix(progress_fields(metrics, ctx.plugin.main_loss), refresh=False)

@@ -1,7 +1,8 @@
 """Metrics: reduced over ranks, measured, shown, and written down.
 
 - `MetricAccumulator`: (sum, count) pairs added up locally, averaged over every rank.
-- `ThroughputMeter`: examples and real tokens per second between two reports.
+- `ThroughputMeter`: examples, real tokens and FLOPs per second between two reports, and
+  where the time went (seconds per step, share spent waiting for data).
 - `progress_fields`: what the progress bar shows; `progress_display`: the bar on a terminal,
   `LineProgress` (one line per log interval) in a log file or a pipe.
 - `MetricsLogger`: where records go: `metrics.jsonl` in the run folder, and Weights &
@@ -9,7 +10,8 @@
 
 Only rank 0 creates a `MetricsLogger`. Each `log` call appends one JSON object
 `{"step": N, "time": unix_seconds, "<name>": value, ...}` to `metrics.jsonl` (flushed at
-once, so a killed run keeps its curve) and forwards the same record to wandb.
+once, so a killed run keeps its curve) and forwards the same record to wandb. The run's
+banner goes to `banner.txt` and the wandb run's files.
 
 wandb is optional: `wandb=auto` logs online when the package is installed and a login
 is found, offline when it is installed but not logged in, and not at all when it is
@@ -60,6 +62,15 @@ class MetricsLogger:
         self.file.flush()
         if self.wandb_run is not None:
             self.wandb_run.log(dict(metrics), step=step)
+
+    def save_banner(self, text: str) -> None:
+        """Add a start's banner to `<run_dir>/banner.txt` (a resumed run adds its own below)
+        and to the wandb run's files."""
+        path = self.path.parent / "banner.txt"
+        previous = path.read_text(encoding="utf-8") if path.exists() else ""
+        write_text(path, previous + text + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.save(str(path), base_path=str(path.parent), policy="now")
 
     def close(self) -> None:
         """Flush and close the file and the wandb run."""
@@ -165,34 +176,63 @@ class MetricAccumulator:
 
 
 class ThroughputMeter:
-    """Examples and non-padding tokens per second since the last report."""
+    """What the steps since the last report cost: examples, real tokens and FLOPs per
+    second, seconds per step and the share of that time spent waiting for the next batch.
 
-    def __init__(self) -> None:
+    The time spent inside `excluded` blocks (evaluation, saving) is left out of all of them.
+    """
+
+    def __init__(self, peak_tflops: float | None = None) -> None:
+        """`peak_tflops`: one device's peak, the denominator of `train/mfu` (None: no MFU)."""
+        self.peak_tflops = peak_tflops
         self.start = time.perf_counter()
+        self.steps = 0
         self.examples = 0
         self.tokens = 0
+        self.flops = 0
+        self.wait_s = 0.0
+        self.excluded_s = 0.0
 
-    def add(self, counts: dict[str, int], world_size: int) -> None:
-        """Count one local batch (`ArchPlugin.count_batch`), as if every rank held as much."""
+    def add(self, counts: dict[str, int], world_size: int, flops: int | None = None) -> None:
+        """Count one step's local batch (`ArchPlugin.count_batch`) as if every rank held as
+        much, and its FLOPs on this rank (`ArchPlugin.train_flops`; None: not known)."""
+        self.steps += 1
         self.examples += counts["examples"] * world_size
         self.tokens += counts["tokens"] * world_size
+        self.flops += flops or 0
+
+    def waiting(self) -> contextlib.AbstractContextManager[None]:
+        """Count the time spent inside the block as waiting for data."""
+        return self._timed("wait_s")
+
+    def excluded(self) -> contextlib.AbstractContextManager[None]:
+        """Leave the time spent inside the block out of the rates (evaluation, saving)."""
+        return self._timed("excluded_s")
 
     @contextlib.contextmanager
-    def excluded(self) -> Iterator[None]:
-        """Leave the time spent inside the block out of the rates (evaluation, saving)."""
+    def _timed(self, counter: str) -> Iterator[None]:
+        """Add the seconds spent inside the block to the attribute `counter`."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.start += time.perf_counter() - start
+            setattr(self, counter, getattr(self, counter) + time.perf_counter() - start)
 
     def report(self) -> dict[str, float]:
-        """Rates since the last report; starts a new interval."""
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rates = {"train/examples_per_s": self.examples / elapsed}
+        """Rates since the last report; starts a new interval. `train/tflops` is per device
+        (this rank's FLOPs), `train/mfu` its percentage of the device's peak."""
+        elapsed = max(time.perf_counter() - self.start - self.excluded_s, 1e-9)
+        rates = {"train/examples_per_s": self.examples / elapsed,
+                 "train/data_wait_frac": min(self.wait_s / elapsed, 1.0)}
+        if self.steps:
+            rates["train/step_time_s"] = elapsed / self.steps
         if self.tokens:
             rates["train/tokens_per_s"] = self.tokens / elapsed
-        self.__init__()
+        if self.flops:
+            rates["train/tflops"] = self.flops / elapsed / 1e12
+            if self.peak_tflops:
+                rates["train/mfu"] = 100 * rates["train/tflops"] / self.peak_tflops
+        self.__init__(self.peak_tflops)
         return rates
 
 

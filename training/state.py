@@ -46,6 +46,9 @@ class RunContext:
     eval_paths: list[str]
     evaluators: list[Evaluator] = field(default_factory=list)
     logger: MetricsLogger | None = None
+    environment: dict[str, Any] | None = None
+    """What the run runs on (`training.environment.run_environment`); rank 0 of a training
+    run only, set by `prepare_run_dir`."""
 
     def resolved_config(self) -> dict[str, Any]:
         """The run config with the validated (and possibly HF-derived) arch and data sections,
@@ -90,6 +93,8 @@ class TrainState:
     """Context in which backward does not sum gradients over ranks (DDP's `no_sync`)."""
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0
+    tokens_seen: int = 0
+    """Real tokens trained on so far, summed over ranks (`ArchPlugin.count_batch`)."""
 
     def last_step(self, max_steps: int | None) -> int:
         """The step this run stops at: the schedule's end, or `max_steps` when that comes first."""

@@ -10,6 +10,7 @@ from torch import nn
 
 from models.bert import hf
 from models.bert.config import TASK_ARCHS, BertConfig, BertLossConfig, BertTaskConfig
+from models.bert.flops import train_flops
 from models.bert.model import Bert, build_bert
 from models.bert.tasks import build_task_model
 from models.interface import ArchPlugin, ParamGroups, decay_groups
@@ -29,7 +30,8 @@ def count_batch(batch: dict[str, np.ndarray]) -> dict[str, int]:
 
 PLUGIN = ArchPlugin(
     name="bert", config_class=BertConfig, build=build_bert, data_kind="mlm", param_groups=param_groups,
-    main_loss="mlm_loss", count_batch=count_batch, hf_config=hf.config_from_hf, hf_load=hf.load_hf_weights,
+    main_loss="mlm_loss", count_batch=count_batch, train_flops=train_flops, hf_config=hf.config_from_hf,
+    hf_load=hf.load_hf_weights,
 )
 
 
@@ -40,7 +42,8 @@ def _sized_like_checkpoint(arch: dict, vocab_size: int, config: BertTaskConfig) 
 TASK_PLUGINS = {
     name: ArchPlugin(
         name=name, config_class=BertTaskConfig, build=build_task_model, data_kind="task", param_groups=param_groups,
-        main_loss="loss", count_batch=count_batch, hf_config=hf.config_from_hf, hf_load=hf.load_hf_weights,
+        main_loss="loss", count_batch=count_batch, train_flops=train_flops, hf_config=hf.config_from_hf,
+        hf_load=hf.load_hf_weights,
         checkpoint_config=_sized_like_checkpoint,
     )
     for name in TASK_ARCHS

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -168,6 +169,11 @@ class BertEncoder(TrainModule):
             word[pad_id].zero_()
             word[self.vocab_size :].zero_()
 
+    def head_flops(self, batch: dict[str, np.ndarray], num_tokens: int) -> int:
+        """Forward FLOPs of the head over a host batch whose encoder keeps `num_tokens` real
+        tokens (`models.bert.flops`); each head defines it."""
+        raise NotImplementedError
+
     # ---- network -------------------------------------------------------------------
 
     @staticmethod
@@ -237,6 +243,15 @@ class Bert(BertEncoder):
         super().reset_parameters(pad_id)
         with torch.no_grad():
             self.mlm_head.bias.zero_()
+
+    def head_flops(self, batch: dict[str, np.ndarray], num_tokens: int) -> int:
+        """The MLM transform and decoder at the labelled positions; the NSP pooler and classifier per row."""
+        hidden = self.config.hidden_size
+        num_labelled = int((batch["labels"] != IGNORE_LABEL_ID).sum())
+        flops = 2 * num_labelled * hidden * (hidden + self.padded_vocab_size)
+        if self.nsp_head is not None:
+            flops += 2 * len(batch["input_ids"]) * hidden * (hidden + 2)
+        return flops
 
     def mlm_logits(self, hidden: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """MLM logits over the padded vocabulary, padded rows -inf.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,6 +77,11 @@ class BertSequenceClassifier(BertTaskModel):
         """(B, num_labels), as `BertForSequenceClassification(...).logits`."""
         return self.head(self.encode(input_ids, token_type_ids, attention_mask)[:, 0])
 
+    def head_flops(self, batch: dict[str, np.ndarray], num_tokens: int) -> int:
+        """Pooler and classifier on each row's [CLS] state."""
+        hidden = self.config.hidden_size
+        return 2 * len(batch["input_ids"]) * hidden * (hidden + self.num_labels)
+
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Loss and accuracy (or squared error) over the rows that carry a label."""
         tokens, layout = self.final_states(batch)
@@ -109,6 +115,10 @@ class BertTokenClassifier(BertTaskModel):
         """(B, L, num_labels), as `BertForTokenClassification(...).logits`."""
         return self.classifier(self.dropout(self.encode(input_ids, token_type_ids, attention_mask)))
 
+    def head_flops(self, batch: dict[str, np.ndarray], num_tokens: int) -> int:
+        """The classifier on every real token."""
+        return 2 * num_tokens * self.config.hidden_size * self.num_labels
+
     def loss_counts(self, carry: Carry, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Tokens that carry a tag (first word pieces of real words)."""
         return {"loss": (batch["labels"] != IGNORE_LABEL_ID).sum()}
@@ -141,6 +151,10 @@ class BertQuestionAnswering(BertTaskModel):
         """Start and end logits (B, L) each, as `BertForQuestionAnswering`'s."""
         both = self.qa_outputs(self.encode(input_ids, token_type_ids, attention_mask))  # (B, L, 2)
         return both[..., 0], both[..., 1]
+
+    def head_flops(self, batch: dict[str, np.ndarray], num_tokens: int) -> int:
+        """Start and end logits of every real token."""
+        return 2 * num_tokens * self.config.hidden_size * 2
 
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]) -> StepOutput:
         """(start loss + end loss) / 2 per window; start and end logits for the evaluator."""

@@ -8,6 +8,7 @@ from torch import nn
 from models.interface import ArchPlugin, ParamGroups
 from models.layers import SparsePuzzleEmbedding
 from models.trm.config import TRMConfig, TRMLossConfig
+from models.trm.flops import train_flops
 from models.trm.model import TRM, build_trm
 
 __all__ = ["PLUGIN", "TRM", "TRMConfig", "TRMLossConfig", "build_trm"]
@@ -27,5 +28,5 @@ def count_batch(batch: dict[str, np.ndarray]) -> dict[str, int]:
 
 PLUGIN = ArchPlugin(
     name="trm", config_class=TRMConfig, build=build_trm, data_kind="puzzle", param_groups=param_groups,
-    main_loss="lm_loss", count_batch=count_batch,
+    main_loss="lm_loss", count_batch=count_batch, train_flops=train_flops,
 )
