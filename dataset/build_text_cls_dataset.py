@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label-type", choices=("auto", "class", "regression"), default="auto",
                         help="auto: regression when the labels are decimal numbers")
     parser.add_argument("--labels", nargs="+", default=None, help="class names in id order (default: sorted)")
+    parser.add_argument("--skip-short-lines", action="store_true",
+                        help="skip (and count) lines with too few columns instead of stopping (GLUE's QQP has some)")
     return parser.parse_args(argv)
 
 
@@ -118,6 +120,10 @@ def read_rows(file: Path, args: argparse.Namespace) -> list[Row]:
     text_columns = [_column(spec, header, file) for spec in args.text_columns]
     label_column = _column(args.label_column, header, file)
     needed = max(*text_columns, label_column) + 1
+    short = [number for number, fields in records if len(fields) < needed]
+    if short and args.skip_short_lines:
+        print(f"note: skipped {len(short)} line(s) of {file} with fewer than {needed} columns (first: line {short[0]})")
+        records = [(number, fields) for number, fields in records if len(fields) >= needed]
     for number, fields in records:
         if len(fields) < needed:
             raise UserError(f"{file}:{number} has {len(fields)} columns, {needed} needed; is it the right file "

@@ -44,8 +44,16 @@ when the vocabulary does not fit the text.
 Documents stream through a bounded pipeline (tokenised in `--num-workers` processes) into
 numpy shards, so memory does not grow with the corpus (the library behind this command:
 `dataset/text/builder.py`, `build_mlm_dataset(MLMBuildOptions(...))`). Each document goes to the test
-split by a seeded hash of its text (the first document always trains). The layout of
-the output folder is described in `dataset/text/format.py`.
+split by a seeded hash of its text (the first document always trains; with --num-parts, that
+of part 0). The layout of the output folder is described in `dataset/text/format.py`.
+
+Many machines: `--part I --num-parts N` builds only the documents that start in the I-th of
+N equal byte ranges of the inputs, with a tokenizer given by `--tokenizer PATH`; train on
+the folder of parts (`data_paths="[data/wiki-parts]"`) after removing repeats across them
+with `dataset/exclude_duplicate_documents.py` (BERT_TRAINING.md, "Building on many machines"):
+
+    python dataset/build_text_mlm_dataset.py --input-files data/corpus --tokenizer data/tokenizer \
+        --num-parts 64 --part $SLURM_ARRAY_TASK_ID --output-dir data/wiki-parts/part_$(printf %05d $SLURM_ARRAY_TASK_ID)
 
 Reproducibility: with the same tokenizer and seed, a build is bit-identical, whatever
 `--num-workers`. Training a WordPiece vocabulary is not: the `tokenizers` library
@@ -94,6 +102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-field", default="text", help="the text's JSON field or parquet column")
     parser.add_argument("--dedup", choices=DEDUP_MODES, default="documents",
                         help="remove exact repeats of documents or paragraphs before the split")
+    parser.add_argument("--part", type=int, default=0,
+                        help="which slice of the inputs to build, 0 to --num-parts - 1 (e.g. $SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--num-parts", type=int, default=1,
+                        help="cut the inputs into this many slices of equal bytes, one job each (needs --tokenizer PATH)")
     parser.add_argument("--packing", choices=PACKINGS, default=None,
                         help="full: documents concatenated, [SEP] between; documents (default): one "
                              "document per sequence")

@@ -15,7 +15,7 @@ from dataset.stream import DataKind, EvalBatches, TrainStream
 from dataset.tasks import loader as tasks
 from dataset.tasks.format import load_task_metadata
 from dataset.text import loader as text
-from dataset.text.format import load_mlm_metadata
+from dataset.text.format import load_mlm_metadata, resolve_mlm_paths
 
 
 def _puzzle_train_stream(paths, _options, seed, layout: BatchLayout) -> TrainStream:
@@ -70,6 +70,7 @@ DATA_KINDS: dict[str, DataKind] = {
     "mlm": DataKind(
         name="mlm", options_class=text.MLMDataOptions, load_metadata=load_mlm_metadata,
         train_stream=_mlm_train_stream, eval_batches=_mlm_eval_batches, default_evaluators=lambda paths: [],
+        resolve_paths=resolve_mlm_paths,
     ),
     "task": DataKind(
         name="task", options_class=tasks.TaskDataOptions, load_metadata=load_task_metadata,

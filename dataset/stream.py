@@ -240,3 +240,6 @@ class DataKind:
     """(paths, options, seed, batch layout) -> the test split once."""
     default_evaluators: Callable[[list[str]], list[dict[str, Any]]]
     """Evaluator specs a run on these folders gets when it names none."""
+    resolve_paths: Callable[[list[str]], list[str]] = list
+    """`data_paths` as given -> the dataset folders they name (e.g. a folder of parts or a
+    glob expanded, in a fixed order); by default, the entries themselves."""

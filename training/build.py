@@ -25,7 +25,7 @@ from core.batching import BatchLayout
 from core.errors import ConfigError
 from core.files import write_json
 from dataset.kinds import get_data_kind
-from dataset.stream import TrainStream
+from dataset.stream import DataKind, TrainStream
 from evaluators.registry import build_evaluators
 from models.interface import ArchPlugin, TrainModule
 from models.registry import get_arch
@@ -143,6 +143,7 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
     data_options = validate(data_kind.options_class, config.data, prefix="data.")
     layout = BatchLayout.of(config.global_batch_size, dist.rank, dist.world_size, config.micro_batch_size)
     project, run_name, run_dir, step_dir = resolve_run(config, arch_config.name)
+    config = resolved_data_paths(config, data_kind)
     metadata = data_kind.load_metadata(config.data_paths)
     arch_config, model = build_model(config, plugin, arch_config, metadata, dist)
     stream = data_kind.train_stream(config.data_paths, data_options, config.seed, layout)
@@ -163,6 +164,15 @@ def setup(config: PretrainConfig, dist: DistContext) -> tuple[TrainState, RunCon
                   "start afresh", flush=True)
     wrap_forward(state, config, dist)
     return state, ctx, step_dir
+
+
+def resolved_data_paths(config: PretrainConfig, data_kind: DataKind) -> PretrainConfig:
+    """`config` with `data_paths` and `data_paths_test` naming dataset folders (a folder of
+    parts or a glob expanded by the data kind), as the run and its checkpoints record them."""
+    update = {"data_paths": data_kind.resolve_paths(config.data_paths)}
+    if config.data_paths_test:
+        update["data_paths_test"] = data_kind.resolve_paths(config.data_paths_test)
+    return config.model_copy(update=update)
 
 
 def run_length(config: PretrainConfig, stream: TrainStream) -> tuple[int, float]:

@@ -26,8 +26,8 @@ from tqdm import tqdm
 from core.errors import UserError
 from core.files import atomic_folder, write_json, write_text
 from dataset.text import corpus as text_corpus
-from dataset.text.corpus import CorpusReader, Deduplicator, document_fraction, expand_input_files
-from dataset.text.format import SPLITS, MLMDatasetMetadata, ShardWriter
+from dataset.text.corpus import CorpusReader, Deduplicator, document_fraction, document_key, expand_input_files
+from dataset.text.format import SPLITS, DocumentIndexWriter, MLMDatasetMetadata, ShardWriter
 from dataset.text.masking import Masker
 from dataset.text.packing import PACKINGS, FullPacker, PairMaker, pack_lines
 from dataset.text.report import ReportCounter, render_report
@@ -90,6 +90,10 @@ class MLMBuildOptions:
     """Exact repeats removed before the split: one of `dataset.text.corpus.DEDUP_MODES`."""
     packing: str = "documents"
     """One of `PACKINGS`."""
+    part: int = 0
+    """Which slice of the inputs to build (0-based), with `num_parts`."""
+    num_parts: int = 1
+    """Slices the inputs are cut into by bytes, each built by its own job (`part_byte_range`)."""
 
     def check(self) -> None:
         """Reject option values that cannot work, naming the flag to change."""
@@ -112,10 +116,19 @@ class MLMBuildOptions:
             raise UserError(f"--packing must be one of {', '.join(PACKINGS)}, not {self.packing!r}")
         if self.nsp and self.packing == "full":
             raise UserError("--packing full cannot make next-sentence pairs; use --packing documents with --nsp")
+        self._check_part()
         if Path(self.output_dir).exists() and not self.overwrite:
             raise UserError(
                 f"output folder {self.output_dir} already exists; choose another --output-dir or pass --overwrite"
             )
+
+    def _check_part(self) -> None:
+        if self.num_parts < 1 or not 0 <= self.part < self.num_parts:
+            raise UserError(f"--part {self.part} --num-parts {self.num_parts}: need --num-parts 1 or more and "
+                            f"--part from 0 to {max(self.num_parts, 1) - 1}")
+        if self.num_parts > 1 and self.tokenizer in TRAINED_TOKENIZERS:
+            raise UserError(f"--num-parts {self.num_parts} needs one tokenizer for all parts: pass --tokenizer "
+                            "PATH (e.g. the tokenizer/ folder of a first build), not a trained --tokenizer")
 
 
 def build_mlm_dataset(options: MLMBuildOptions) -> MLMDatasetMetadata:
@@ -195,7 +208,7 @@ def _chunks(documents: Iterator[list[str]], options: MLMBuildOptions) -> Iterato
     for number, document in enumerate(documents):
         is_test = (
             options.test_split > 0
-            and number > 0  # the first document always trains, so a tiny corpus still has a train split
+            and (number > 0 or options.part > 0)  # a build's first document trains: a tiny corpus still trains
             and document_fraction(document, options.seed, "test-split") < options.test_split
         )
         chunk.splits.append("test" if is_test else "train")
@@ -207,6 +220,30 @@ def _chunks(documents: Iterator[list[str]], options: MLMBuildOptions) -> Iterato
             chunk, size = _Chunk([], [], []), 0
     if chunk.splits:
         yield chunk
+
+
+def part_byte_range(files: list[Path], part: int, num_parts: int) -> tuple[int, int]:
+    """[start, stop) of part `part` of `num_parts`: the inputs' total bytes on disk, in
+    file order, cut into equal ranges (a document belongs to the part where it starts)."""
+    total = sum(path.stat().st_size for path in files)
+    return total * part // num_parts, total * (part + 1) // num_parts
+
+
+def part_documents(reader: CorpusReader, options: MLMBuildOptions) -> Iterator[list[str]]:
+    """The documents of this build's part: all of them for one part; else those that start
+    in `part_byte_range`, reading only the files that overlap it (a part that starts inside
+    a file reads that file from its beginning)."""
+    if options.num_parts == 1:
+        yield from reader.documents()
+        return
+    sizes = [path.stat().st_size for path in reader.files]
+    offsets = np.cumsum([0] + sizes)  # (F + 1,) where each file starts, and the end
+    start, stop = part_byte_range(reader.files, options.part, options.num_parts)
+    overlapping = [index for index in range(len(sizes)) if offsets[index] < stop and offsets[index + 1] >= start]
+    reader.files = [reader.files[index] for index in overlapping]
+    for offset, document in reader.documents_with_offsets([int(offsets[index]) for index in overlapping]):
+        if start <= offset < stop:
+            yield document
 
 
 def tokenized_chunks(chunks: Iterator[_Chunk], tokenizer: Tokenizer, num_workers: int) -> Iterator[_Chunk]:
@@ -259,13 +296,8 @@ def write_shards(
         ReportCounter(continuation, choice.special_ids["[UNK]"]),
     )  # fmt: skip
     reader = stats.reader
-    pair_maker = PairMaker(options.seed, continuation) if options.nsp else None
-    packers = {}
-    if options.packing == "full":
-        packers = {split: FullPacker(writers[split], options.max_seq_length - 2, choice.special_ids["[SEP]"])
-                   for split in SPLITS}  # fmt: skip
-    capacity = (options.max_seq_length - 3) // 2 if options.nsp else options.max_seq_length - 2
-    chunks = _chunks(stats.deduplicator.filter(reader.documents()), options)
+    sink = _DocumentSink(options, writers, choice.special_ids["[SEP]"], continuation)
+    chunks = _chunks(sink.keyed(stats.deduplicator.filter(part_documents(reader, options))), options)
     with tqdm(total=reader.total_bytes(), unit="B", unit_scale=True, desc="building", disable=None) as bar:
         for chunk in tokenized_chunks(chunks, choice.tokenizer, options.num_workers):
             tokens = chunk.tokens
@@ -273,22 +305,59 @@ def write_shards(
                               tokens.unknown_characters)  # fmt: skip
             for split, lines in chunk.documents():
                 stats.num_documents[split] += 1
-                if packers:
-                    packers[split].add(lines)
-                elif pair_maker is None:
-                    for segment in pack_lines(lines, capacity):
-                        writers[split].add(segment)
-                else:
-                    line_lengths = [len(line) for line in lines]
-                    for segment_a, segment_b, label in pair_maker.pairs(pack_lines(lines, capacity), line_lengths, split):
-                        writers[split].add(segment_a, segment_b, label)
+                sink.add(split, lines)
             bar.update(reader.counters.bytes_on_disk - bar.n)
-    for packer in packers.values():
-        packer.finish()
-    for writer in writers.values():
-        writer.flush()
+    sink.finish()
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+class _DocumentSink:
+    """Packs each tokenised document into its split's writer and, with `--packing
+    documents`, records its key and rows in `<split>/documents.npy` (`DocumentIndexWriter`)."""
+
+    def __init__(self, options: MLMBuildOptions, writers: dict[str, ShardWriter], sep_id: int, continuation: np.ndarray):
+        self.writers = writers
+        self.pair_maker = PairMaker(options.seed, continuation) if options.nsp else None
+        self.packers = {}
+        if options.packing == "full":
+            self.packers = {split: FullPacker(writers[split], options.max_seq_length - 2, sep_id) for split in SPLITS}
+        self.capacity = (options.max_seq_length - 3) // 2 if options.nsp else options.max_seq_length - 2
+        # A fully packed row mixes documents: no row belongs to one, so none is indexed.
+        self.indexes = {} if self.packers else {split: DocumentIndexWriter(writers[split].folder) for split in SPLITS}
+        self.keys: deque[int] = deque()  # keys of the documents read but not yet written, in order
+
+    def keyed(self, documents: Iterator[list[str]]) -> Iterator[list[str]]:
+        """`documents`, noting each one's key (`document_key`) on the way for `add`."""
+        for document in documents:
+            if self.indexes:
+                self.keys.append(document_key(document))
+            yield document
+
+    def add(self, split: str, lines: list[np.ndarray]) -> None:
+        """Write one document (the token ids of its lines) into `split`."""
+        writer = self.writers[split]
+        first_row = writer.num_sequences + writer.rows
+        if self.packers:
+            self.packers[split].add(lines)
+        elif self.pair_maker is None:
+            for segment in pack_lines(lines, self.capacity):
+                writer.add(segment)
+        else:
+            line_lengths = [len(line) for line in lines]
+            for segment_a, segment_b, label in self.pair_maker.pairs(pack_lines(lines, self.capacity), line_lengths, split):
+                writer.add(segment_a, segment_b, label)
+        if self.indexes:
+            self.indexes[split].add(self.keys.popleft(), first_row, writer.num_sequences + writer.rows - first_row)
+
+    def finish(self) -> None:
+        """Write what the packers and writers still hold, and the document indexes."""
+        for packer in self.packers.values():
+            packer.finish()
+        for writer in self.writers.values():
+            writer.flush()
+        for index in self.indexes.values():
+            index.close()
 
 
 def write_dataset(options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, folder: Path) -> MLMDatasetMetadata:
@@ -316,6 +385,7 @@ def write_dataset(options: MLMBuildOptions, files: list[Path], choice: Tokenizer
         num_sequences={split: writer.num_sequences for split, writer in writers.items()},
         num_tokens={split: writer.num_tokens for split, writer in writers.items()},
         shards={split: writer.names for split, writer in writers.items()},
+        shard_rows={split: writer.shard_rows for split, writer in writers.items()},
         dtype=np.dtype(dtype).name, packing=options.packing, dedup=options.dedup,
     )  # fmt: skip
     metadata.report = stats.counter.report(metadata, stats.reader.counters, stats.deduplicator)

@@ -252,11 +252,26 @@ class CorpusReader:
     def documents(self) -> Iterator[list[str]]:
         """Every document of every file, in file order."""
         for path in self.files:
-            kind = detect_format(path)
-            self.counters.files_by_format[kind] = self.counters.files_by_format.get(kind, 0) + 1
-            for document in FORMATS[kind].read(self, path):
-                self.counters.documents += 1
-                yield document
+            yield from self._file_documents(path)
+
+    def _file_documents(self, path: Path) -> Iterator[list[str]]:
+        kind = detect_format(path)
+        self.counters.files_by_format[kind] = self.counters.files_by_format.get(kind, 0) + 1
+        for document in FORMATS[kind].read(self, path):
+            self.counters.documents += 1
+            yield document
+
+    def documents_with_offsets(self, file_offsets: list[int]) -> Iterator[tuple[int, list[str]]]:
+        """(where it starts, document) for every document, in file order. A file's first
+        document starts at the file's entry of `file_offsets`; a later one at that plus the
+        file's bytes on disk consumed when the document before it was complete. Offsets are
+        a function of the file's content alone, and never decrease within a file."""
+        for path, file_offset in zip(self.files, file_offsets):
+            before = self.counters.bytes_on_disk
+            start = file_offset
+            for document in self._file_documents(path):
+                yield start, document
+                start = file_offset + self.counters.bytes_on_disk - before
 
     def _paragraphs(self, text: str) -> Iterator[list[str]]:
         """The normalised lines of one row's text, in pieces of at most `MAX_DOCUMENT_LINES`."""
@@ -472,6 +487,12 @@ def _digest(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
+def document_key(document: list[str]) -> int:
+    """The 64-bit key of a document's text: what `--dedup documents` compares, and what a
+    dataset stores per document (`documents.npy`) to de-duplicate across parts."""
+    return _digest("\n".join(document))
+
+
 class Deduplicator:
     """Drops exact repeats, after normalisation, of whole documents or of paragraphs (lines).
 
@@ -493,7 +514,7 @@ class Deduplicator:
         """The documents that remain, in order."""
         for document in documents:
             if self.mode == "documents":
-                key = _digest("\n".join(document))
+                key = document_key(document)
                 if key in self.seen:
                     self.removed_documents += 1
                     continue

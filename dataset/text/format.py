@@ -10,13 +10,18 @@ and its writer (`ShardWriter`):
     <root>/<split>/shard_00000.labels.npy   int32 [n, seq_len], original id or -100 (static masking only)
     <root>/<split>/shard_00000.lengths.npy  uint16 [n], real (non-padding) tokens per row (datasets
                                             built before it lack it: the stream counts them from the ids)
+    <root>/<split>/documents.npy            `DOCUMENT_RECORD` [documents]: key, first row, rows (--packing documents)
+    <root>/<split>/excluded_rows.npy        int64 [k], sorted: rows the loader skips (written by
+                                            dataset/exclude_duplicate_documents.py, optional)
 
 with `<split>` in {train, test}. Every sequence is `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -137,6 +142,9 @@ class MLMDatasetMetadata(TokenizerFields, _MaskingFields, TokenIdFields):
     shards: dict[str, list[str]]
     """Shard file names per split, relative to `<root>/<split>/` (as stored on disk); after
     `load_mlm_metadata` they are paths `<root>/<split>/<name>`."""
+    shard_rows: dict[str, list[int]] | None = None
+    """Sequences in each shard of `shards`, per split: the loader sizes the row space from
+    these without opening a shard (None for datasets built before they were stored)."""
     dtype: str
     """Storage type of the token ids: `uint16` when the vocabulary fits, else `int32`."""
     packing: str = "documents"
@@ -163,6 +171,34 @@ def read_mlm_metadata(path: str | Path) -> MLMDatasetMetadata:
     except (json.JSONDecodeError, ValidationError) as error:
         first = str(error).splitlines()[0]
         raise UserError(f"{file} is not MLM dataset metadata ({first}); {BUILDER_HINT}") from None
+
+
+def resolve_mlm_paths(paths: list[str]) -> list[str]:
+    """The dataset folders that `data_paths` names, in one fixed order. An entry is a
+    dataset folder (it has a dataset.json), a folder of parts (no dataset.json of its own:
+    its sub-folders that are MLM datasets, sorted by name, see `_is_part`) or a glob (the matching dataset folders,
+    sorted). Parts read together are one dataset: their rows follow each other in this order."""
+    resolved = []
+    for entry in paths:
+        if glob.has_magic(entry):
+            found = sorted(match for match in glob.glob(entry) if (Path(match) / "dataset.json").is_file())
+            if not found:
+                raise UserError(f"data_paths entry {entry} matches no dataset folder (none with a dataset.json); "
+                                "check the pattern")
+            resolved += found
+        elif Path(entry).is_dir() and not (Path(entry) / "dataset.json").is_file():
+            parts = sorted(str(sub) for sub in Path(entry).iterdir() if _is_part(sub))
+            resolved += parts or [entry]  # no parts either: read_mlm_metadata says what is wrong
+        else:
+            resolved.append(entry)
+    return resolved
+
+
+def _is_part(folder: Path) -> bool:
+    """Whether a sub-folder is a part of a folder of parts: an MLM dataset (a dataset.json
+    and a tokenizer/, unlike a puzzle dataset's split folders), not hidden (a build still
+    being written is a hidden folder beside its final name)."""
+    return not folder.name.startswith(".") and (folder / "dataset.json").is_file() and (folder / "tokenizer").is_dir()
 
 
 _SHARED_FIELDS = (
@@ -198,7 +234,56 @@ def load_mlm_metadata(paths: list[str]) -> MLMDatasetMetadata:
         split: [str(Path(path) / split / name) for path, m in zip(paths, metadatas) for name in m.shards.get(split, [])]
         for split in SPLITS
     }
+    merged.shard_rows = _merged_shard_rows(metadatas)
     return merged
+
+
+def _merged_shard_rows(metadatas: list[MLMDatasetMetadata]) -> dict[str, list[int]] | None:
+    """The per-shard row counts of folders read together, in folder order; None when one
+    of them does not store them."""
+    if any(m.shard_rows is None for m in metadatas):
+        return None
+    return {split: [rows for m in metadatas for rows in m.shard_rows.get(split, [])] for split in SPLITS}
+
+
+DOCUMENT_RECORD = np.dtype([("key", "<u8"), ("first_row", "<i8"), ("num_rows", "<i8")])
+"""One document of a split: its `dataset.text.corpus.document_key` and its rows."""
+DOCUMENTS_FILE = "documents.npy"
+EXCLUDED_ROWS_FILE = "excluded_rows.npy"
+DOCUMENT_BUFFER = 1 << 16
+"""Document records held in memory before they are appended to disk."""
+
+
+class DocumentIndexWriter:
+    """Writes `<split>/documents.npy`, one `DOCUMENT_RECORD` per document in row order;
+    records are appended to a scratch file as they come, so memory stays bounded."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / DOCUMENTS_FILE
+        self._scratch = folder / "documents.records"
+        self._file = open(self._scratch, "wb")  # noqa: SIM115 - closed by close()
+        self._buffer: list[tuple[int, int, int]] = []
+        self.count = 0
+
+    def add(self, key: int, first_row: int, num_rows: int) -> None:
+        self._buffer.append((key, first_row, num_rows))
+        if len(self._buffer) >= DOCUMENT_BUFFER:
+            self._spill()
+
+    def _spill(self) -> None:
+        np.array(self._buffer, dtype=DOCUMENT_RECORD).tofile(self._file)
+        self.count += len(self._buffer)
+        self._buffer.clear()
+
+    def close(self) -> None:
+        """Write the `.npy` file (header, then the records) and remove the scratch file."""
+        self._spill()
+        self._file.close()
+        header = {"descr": np.lib.format.dtype_to_descr(DOCUMENT_RECORD), "fortran_order": False, "shape": (self.count,)}
+        with open(self.path, "wb") as out, open(self._scratch, "rb") as records:
+            np.lib.format.write_array_header_1_0(out, header)
+            shutil.copyfileobj(records, out)
+        self._scratch.unlink()
 
 
 class ShardWriter:
@@ -216,6 +301,7 @@ class ShardWriter:
         self.nsp_labels = np.zeros(self.shard_size, dtype=np.int8)  # (S,)
         self.rows = 0
         self.names: list[str] = []
+        self.shard_rows: list[int] = []
         self.num_sequences = self.num_tokens = 0
 
     def add(self, segment_a: np.ndarray, segment_b: np.ndarray | None = None, label: int = IGNORE_LABEL_ID) -> None:
@@ -252,6 +338,7 @@ class ShardWriter:
             np.save(self.folder / f"{name}.masked.npy", masked)
             np.save(self.folder / f"{name}.labels.npy", labels)
         self.names.append(f"{name}.npy")
+        self.shard_rows.append(self.rows)
         self.num_sequences += self.rows
         self.ids.fill(self.pad_id)
         self.rows = 0

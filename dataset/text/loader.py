@@ -10,6 +10,7 @@ processes. Shards are memory-mapped; only the rows of the current batch are read
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from core.batching import rank_rows
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError
 from dataset.stream import Batch, EpochOrder, EvalBatches, open_npy, padded_width
-from dataset.text.format import MLMDatasetMetadata, load_mlm_metadata
+from dataset.text.format import EXCLUDED_ROWS_FILE, MLMDatasetMetadata, load_mlm_metadata
 from dataset.text.masking import Masker, MaskingConfig, build_masker
 
 TRAIN_MASK_STREAM_KEY = 7
@@ -36,36 +37,70 @@ def _companion(shard: Path, kind: str) -> Path:
     return shard.with_name(shard.name[: -len(".npy")] + f".{kind}.npy")
 
 
+class _LazyShards:
+    """The shards of one stored array (ids, nsp, masked or labels) of a split, each
+    memory-mapped on first use and checked against its expected shape then: start-up
+    opens no shard, however many there are."""
+
+    def __init__(self, paths: list[Path], row_shape: tuple[int, ...], rows: list[int] | None):
+        self.paths, self.row_shape, self.rows = paths, row_shape, rows
+        self._open: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if index not in self._open:
+            rows = None if self.rows is None else self.rows[index]
+            self._open[index] = _open_shard(self.paths[index], self.row_shape, rows)
+        return self._open[index]
+
+
+def _open_shard(path: Path, row_shape: tuple[int, ...], rows: int | None) -> np.ndarray:
+    """Memory-map a stored array, refusing one whose shape is not (rows, *row_shape)."""
+    array = open_npy(path)
+    if array.shape[1:] != row_shape or (rows is not None and len(array) != rows):
+        raise UserError(f"{path} has shape {array.shape}, not ({rows or 'n'}, *{row_shape}); rebuild the dataset")
+    return array
+
+
 class _SplitShards:
-    """The memory-mapped shards of one split of one or more datasets, as one row space."""
+    """The memory-mapped shards of one split of one or more datasets, as one row space.
+
+    The rows of each shard come from dataset.json (`shard_rows`); datasets built before it
+    stored them have their id shards opened here to count them."""
 
     def __init__(self, metadata: MLMDatasetMetadata, split: str):
         self.metadata, self.split = metadata, split
-        self.ids, self.nsp, self.masked, self.labels = [], [], [], []
-        for name in metadata.shards[split]:
-            shard = Path(name)
-            self.ids.append(self._open(shard, (metadata.seq_len,)))
-            rows = len(self.ids[-1])
-            if metadata.nsp:
-                self.nsp.append(self._open(_companion(shard, "nsp"), (), rows))
-            if metadata.static_masking:
-                self.masked.append(self._open(_companion(shard, "masked"), (metadata.seq_len,), rows))
-                self.labels.append(self._open(_companion(shard, "labels"), (metadata.seq_len,), rows))
         self._lengths: dict[int, np.ndarray | None] = {}
-        self.starts = np.cumsum([0] + [len(ids) for ids in self.ids])  # (num_shards + 1,)
-        self.num_rows = int(self.starts[-1])
-        if self.num_rows != metadata.num_sequences[split]:
+        shards = [Path(name) for name in metadata.shards[split]]
+        shard_rows = None if metadata.shard_rows is None else metadata.shard_rows[split]
+        self.ids = _LazyShards(shards, (metadata.seq_len,), shard_rows)
+        if shard_rows is None:
+            shard_rows = [len(self.ids[index]) for index in range(len(shards))]
+        rows_of = shard_rows if len(shard_rows) == len(shards) else None
+        self.ids.rows = rows_of
+        companions = {"nsp": ((), metadata.nsp), "masked": ((metadata.seq_len,), metadata.static_masking),
+                      "labels": ((metadata.seq_len,), metadata.static_masking)}  # fmt: skip
+        self.nsp, self.masked, self.labels = (
+            _LazyShards([_companion(shard, kind) for shard in shards] if present else [], shape, rows_of)
+            for kind, (shape, present) in companions.items()
+        )
+        self.starts = np.cumsum([0] + list(shard_rows))  # (num_shards + 1,)
+        num_stored = int(self.starts[-1])
+        if rows_of is None or num_stored != metadata.num_sequences[split]:
             raise UserError(
-                f"{split} shards hold {self.num_rows} sequences, dataset.json says "
-                f"{metadata.num_sequences[split]}; the dataset is damaged, rebuild it"
+                f"{split} shards hold {num_stored} sequences in {len(shard_rows)} shards, dataset.json says "
+                f"{metadata.num_sequences[split]} in {len(shards)}; the dataset is damaged, rebuild it"
             )
+        excluded = _excluded_rows(shards, self.starts)  # (k,) sorted stored rows to skip
+        self._skips_before = excluded - np.arange(len(excluded))  # (k,) kept rows before each skipped one
+        self.num_rows = num_stored - len(excluded)
+        """Rows served: the stored rows less the excluded ones (`dataset.text.parts`)."""
 
-    @staticmethod
-    def _open(path: Path, row_shape: tuple[int, ...], rows: int | None = None) -> np.ndarray:
-        array = open_npy(path)
-        if array.shape[1:] != row_shape or (rows is not None and len(array) != rows):
-            raise UserError(f"{path} has shape {array.shape}, not (n, *{row_shape}); rebuild the dataset")
-        return array
+    def stored_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Stored row of each served row: the k-th served row is the k-th row not excluded."""
+        return rows + np.searchsorted(self._skips_before, rows, side="right")
 
     def _shard_rows(self, rows: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """(shard, where in `rows`, rows inside that shard) for each shard `rows` touch."""
@@ -88,14 +123,15 @@ class _SplitShards:
     ) -> dict[str, np.ndarray]:
         """Rows (global indices) of the stored arrays among `keys` that exist: ids, and
         nsp/masked/labels when present."""
+        rows = self.stored_rows(rows)
         arrays = {"ids": self.ids, "nsp": self.nsp, "masked": self.masked, "labels": self.labels}
         groups = self._shard_rows(rows)
         out = {}
         for key in keys:
             shards = arrays[key]
-            if not shards:
+            if not len(shards):
                 continue
-            result = np.empty((len(rows),) + shards[0].shape[1:], dtype=np.int64)
+            result = np.empty((len(rows),) + shards.row_shape, dtype=np.int64)
             for shard, where, inside in groups:
                 result[where] = shards[shard][inside]
             out[key] = result
@@ -105,15 +141,34 @@ class _SplitShards:
         """Real tokens (not padding) of each row (global indices), int64 (n,): read from the
         shard's `.lengths.npy` where the builder wrote one, else counted from its ids."""
         result = np.empty(len(rows), dtype=np.int64)
-        for shard, where, inside in self._shard_rows(rows):
+        for shard, where, inside in self._shard_rows(self.stored_rows(rows)):
             if shard not in self._lengths:
-                stored = _companion(Path(self.metadata.shards[self.split][shard]), "lengths")
-                self._lengths[shard] = self._open(stored, (), len(self.ids[shard])) if stored.is_file() else None
+                stored = _companion(self.ids.paths[shard], "lengths")
+                num_rows = int(self.starts[shard + 1] - self.starts[shard])
+                self._lengths[shard] = _open_shard(stored, (), num_rows) if stored.is_file() else None
             if self._lengths[shard] is None:
                 result[where] = (self.ids[shard][inside] != self.metadata.pad_id).sum(axis=1)
             else:
                 result[where] = self._lengths[shard][inside]
         return result
+
+
+def _excluded_rows(shards: list[Path], starts: np.ndarray) -> np.ndarray:
+    """The rows (in the row space of `shards`) listed by the `excluded_rows.npy` of each
+    dataset folder's split, sorted; one small file per folder at most is read."""
+    excluded, first = [], 0
+    for folder, group in itertools.groupby(shard.parent for shard in shards):
+        stop = first + len(list(group))
+        path = folder / EXCLUDED_ROWS_FILE
+        if path.is_file():
+            rows = np.asarray(open_npy(path), dtype=np.int64)
+            num_rows = int(starts[stop] - starts[first])
+            if len(rows) and (rows.min() < 0 or rows.max() >= num_rows):
+                raise UserError(f"{path} lists rows outside the {num_rows} of {folder}; rerun "
+                                "dataset/exclude_duplicate_documents.py on the parts")
+            excluded.append(starts[first] + rows)
+        first = stop
+    return np.unique(np.concatenate(excluded)) if excluded else np.zeros(0, dtype=np.int64)
 
 
 def _model_batch(
