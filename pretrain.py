@@ -26,15 +26,18 @@ from training.build import eval_only_config, open_metrics_logger, prepare_run_di
 from training.config import PretrainConfig, check_overrides, validate
 from training.loop import evaluate, fit, record_evaluation
 from training.metrics import check_wandb_login
-from training.signals import tolerate_lost_output
+from training.signals import StopRequest, tolerate_lost_output
 
 
-def launch(raw_config: dict, overrides: list[str] = ()) -> None:
-    """Validate, join the process group, build, then train or evaluate.
+def launch(raw_config: dict, overrides: list[str] = ()) -> int:
+    """Validate, join the process group, build, then train or evaluate; return the exit status.
 
     `overrides` are the command line's `key=value` strings: an `eval_only` run takes its
-    settings from the checkpoint and only these on top.
+    settings from the checkpoint and only these on top. A training run stopped by a signal
+    saves and returns 0; an `eval_only` run stopped by one records nothing and returns
+    128 + the signal's number.
     """
+    status = 0
     tolerate_lost_output()
     config = validate(PretrainConfig, raw_config)
     if config.eval_only:
@@ -55,8 +58,11 @@ def launch(raw_config: dict, overrides: list[str] = ()) -> None:
         if ctx.logger is not None and banner:
             ctx.logger.save_banner(banner)
         if config.eval_only:
-            metrics = evaluate(state, ctx)
-            if ctx.dist.is_main:
+            with StopRequest() as stop:
+                metrics = evaluate(state, ctx, stop)
+            if metrics is None:
+                status = stop.exit_status
+            elif ctx.dist.is_main:
                 record_evaluation(ctx, state.step, restored_from, metrics)
         else:
             fit(state, ctx)
@@ -65,6 +71,7 @@ def launch(raw_config: dict, overrides: list[str] = ()) -> None:
         distributed.barrier()  # leave together: a rank that tears down gloo early can abort
     finally:
         distributed.destroy()
+    return status
 
 
 def exit_with_error(error: UserError) -> None:
@@ -79,9 +86,11 @@ def main(hydra_config: DictConfig) -> None:
     """Hydra entry point: hand the composed config over as a plain dict."""
     raw_config = OmegaConf.to_container(hydra_config, resolve=True)
     try:
-        launch(raw_config, [argument for argument in sys.argv[1:] if not argument.startswith("-")])
+        status = launch(raw_config, [argument for argument in sys.argv[1:] if not argument.startswith("-")])
     except UserError as error:
         exit_with_error(error)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 import errno
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from core.errors import UserError
 from training import checkpoint as ckpt
+from training.config import CheckpointSettings
 
 
 def _checkpoint(step: int, value: float = 1.0) -> ckpt.Checkpoint:
@@ -110,3 +112,44 @@ def test_optimizer_file_executes_no_code(tmp_path, capsys):
     with pytest.raises(UserError, match="cannot be read"):
         ckpt.read_checkpoint(path)
     assert "pwned" not in capsys.readouterr().out
+
+
+def _retention(keep_last: int | None, keep_best: str | None = None, best_mode: str | None = None) -> CheckpointSettings:
+    return CheckpointSettings(None, None, None, True, keep_last, keep_best, best_mode)
+
+
+def _scored_checkpoints(folder: Path, losses: dict[int, float]) -> None:
+    for step, loss in losses.items():
+        checkpoint = _checkpoint(step)
+        checkpoint.train_state["eval_metrics"] = {"all/lm_loss": loss, "all/accuracy": 1.0 - loss}
+        ckpt.write_checkpoint(folder, checkpoint)
+
+
+def test_keep_last_and_the_best(tmp_path):
+    _scored_checkpoints(tmp_path, {10: 0.9, 20: 0.2, 30: 0.5, 40: 0.4, 50: float("nan")})
+    assert ckpt.best_checkpoint(ckpt.list_checkpoints(tmp_path), "all/lm_loss", "min") == (tmp_path / "step_20", 0.2)
+    assert ckpt.best_checkpoint(ckpt.list_checkpoints(tmp_path), "all/accuracy", "max")[0] == tmp_path / "step_20"
+    assert ckpt.prune_checkpoints(tmp_path, tmp_path / "step_50", _retention(None, "all/lm_loss", "min")) == []
+    removed = ckpt.prune_checkpoints(tmp_path, tmp_path / "step_50", _retention(2, "all/lm_loss", "min"))
+    assert [path.name for path in removed] == ["step_10", "step_30"]
+    assert [path.name for path in ckpt.list_checkpoints(tmp_path)] == ["step_20", "step_40", "step_50"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["step_20", "step_40", "step_50"]  # no leftovers
+    ckpt.prune_checkpoints(tmp_path, tmp_path / "step_50", _retention(1))
+    assert [path.name for path in ckpt.list_checkpoints(tmp_path)] == ["step_50"]
+
+
+def test_nothing_is_deleted_when_the_new_checkpoint_does_not_verify(tmp_path, capsys):
+    _scored_checkpoints(tmp_path, {1: 0.5, 2: 0.4, 3: 0.3})
+    newest = tmp_path / "step_3"
+    size = (newest / "model.safetensors").stat().st_size
+    (newest / "model.safetensors").write_bytes(b"\0" * size)  # damaged in place: sizes match, digest does not
+    assert ckpt.prune_checkpoints(tmp_path, newest, _retention(1)) == []
+    assert len(ckpt.list_checkpoints(tmp_path)) == 3
+    assert "does not match its manifest; no older checkpoint is deleted" in capsys.readouterr().out
+
+
+def test_unknown_best_metric_names_the_logged_ones(tmp_path):
+    with pytest.raises(UserError, match=r"checkpoint_keep_best=all/lm_los is not an eval metric of this run "
+                                        r"\(did you mean 'all/lm_loss'\? it logs all/accuracy, all/lm_loss\)"):
+        ckpt.check_best_metric(_retention(2, "all/lm_los", "min"), {"all/lm_loss": 1.0, "all/accuracy": 0.5}, tmp_path)
+    ckpt.check_best_metric(_retention(2, "all/lm_los", "min"), {}, tmp_path)  # a save without an evaluation

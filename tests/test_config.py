@@ -58,6 +58,9 @@ def test_trm_recipe_overrides_compose():
         (["epochs=100", "eval_interval=30"], "must be a multiple of eval_interval"),
         (["optimizer=sgd"], "'adam_atan2' or 'adamw' or 'lamb'"),
         (["eval_only=true"], r"needs \+load_checkpoint"),
+        (["checkpoint_keep_last=0"], "checkpoint_keep_last"),
+        (["checkpoint_keep_best=all/steps"], "add checkpoint_best_mode=min or max"),
+        (["checkpoint_best_mode=lowest"], "checkpoint_best_mode"),
     ],
 )
 def test_bad_top_level_values(overrides, message):
@@ -90,6 +93,17 @@ def test_cross_field_error_names_the_fields_not_the_whole_section():
     with pytest.raises(ConfigError) as info:
         validate(get_arch("bert").config_class, config.arch, prefix="arch.")
     assert str(info.value) == "arch.hidden_size (100) must be divisible by arch.num_heads (3)"
+
+
+@pytest.mark.parametrize(
+    "metric, given, expected",
+    [("all/mlm_loss", None, "min"), ("ARC/pass@2", None, "max"), ("validation/f1", None, "max"),
+     ("all/exact_accuracy", None, "max"), ("all/steps", "min", "min"), ("all/lm_loss", "max", "max")],
+)
+def test_best_checkpoint_direction_from_the_name_or_the_key(metric, given, expected):
+    extra = [f"checkpoint_best_mode={given}"] if given else []
+    config = validate(PretrainConfig, compose_config([f"checkpoint_keep_best={metric}", *extra]))
+    assert config.checkpointing.best_mode == expected
 
 
 @pytest.mark.parametrize("arch", ["bert", "bert_large"])

@@ -9,6 +9,12 @@
   resume command is printed.
 - Non-finite losses: the step is skipped, counted and logged; too many in a row stop
   the run with a one-line error.
+- `checkpoint_keep_last=1` with SIGKILL during the save of the newest checkpoint: the
+  previous one survives and `resume=auto` continues from it.
+- `checkpoint_keep_last` and `checkpoint_keep_best` keep the newest and the best by an
+  eval metric, as the metrics log says.
+
+Stops during evaluation and the second signal: `test_stopping.py`.
 """
 
 from __future__ import annotations
@@ -231,3 +237,59 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert next(iter(checkpoint.carry.values())).shape[0] == 16  # both ranks' slots, gathered
     logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert logged[-1] == step  # rank 0 logged the step at which both stopped
+
+
+def _partial_save(run_dir: Path) -> bool:
+    return any(entry.name.startswith(".step_") and ".partial-" in entry.name for entry in os.scandir(run_dir))
+
+
+@pytest.mark.slow
+def test_sigkill_during_the_save_of_the_newest_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
+    data = make_puzzle_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    # Wide enough (about 3M parameters, 36 MB per checkpoint) that a save lasts long enough to be caught midway.
+    overrides = TINY_TRM + [f"data_paths=[{data}]", "global_batch_size=16", "epochs=8", "eval_interval=1", "lr=1e-3",
+                            "arch.hidden_size=512", "checkpoint_keep_last=1", f"+checkpoint_path={run_dir}"]
+    killed = subprocess.Popen([sys.executable, str(REPO / "pretrain.py"), *overrides], cwd=tmp_path, env=helpers.subprocess_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: bool(list_checkpoints(run_dir)), killed, "its first checkpoint")
+    _wait_for(lambda: _partial_save(run_dir), killed, "the save of its second checkpoint")
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=30) == -signal.SIGKILL
+    killed.stderr.close()
+    assert _partial_save(run_dir), "the save had finished before the kill"
+    survivors = list_checkpoints(run_dir)
+    assert len(survivors) == 1 and read_checkpoint(survivors[0]).train_state["step"] == 3
+    assert sorted(path.name for path in run_dir.glob("step_*")) == ["step_3"]
+
+    monkeypatch.chdir(tmp_path)
+    launch(compose_config(overrides + ["resume=auto", "max_steps=9"]))
+    assert "resumed from step_3 of" in capsys.readouterr().out
+    logged = sorted(helpers.step_values(read_metrics(run_dir), "train/lm_loss"))
+    assert logged == list(range(1, 10))  # steps 4-9 trained again after the resume, none twice
+    # One checkpoint left, and nothing of the killed save (hidden leftovers are cleared by the next save).
+    assert sorted(path.name for path in run_dir.iterdir() if path.name.startswith((".", "step_"))) == ["step_9"]
+
+
+def test_keep_last_keeps_the_newest_and_the_best_by_the_eval_metric(tmp_path, capsys):
+    data = make_puzzle_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    # "Best" is the highest loss here (checkpoint_best_mode=max), so that it is an old checkpoint, not a newest one.
+    launch(compose_config(TINY_TRM + [
+        f"data_paths=[{data}]", "global_batch_size=16", "epochs=8", "eval_interval=1", "lr=1e-3",
+        "checkpoint_keep_last=2", "checkpoint_keep_best=all/lm_loss", "checkpoint_best_mode=max",
+        f"+checkpoint_path={run_dir}",
+    ]))
+    evaluated = helpers.step_values(read_metrics(run_dir), "all/lm_loss")
+    assert sorted(evaluated) == [3, 6, 9, 12, 15, 18, 21, 24]
+    best = max(evaluated, key=evaluated.get)
+    assert best not in (21, 24)
+    kept = {f"step_{step}" for step in (21, 24, best)}
+    assert {path.name for path in list_checkpoints(run_dir)} == kept
+    assert {path.name for path in run_dir.glob("step_*")} == kept
+    assert read_checkpoint(run_dir / f"step_{best}").train_state["eval_metrics"]["all/lm_loss"] == pytest.approx(
+        evaluated[best])
+    out = capsys.readouterr().out
+    assert f"best checkpoint by all/lm_loss (max): {run_dir / f'step_{best}'} ({evaluated[best]:.6g})" in out
+    # Evaluation progress when stdout is not a terminal: a line at the start and one per set.
+    assert "evaluating at step 24\n" in out and re.search(r"eval at step 24: set all done, 1 batch\(es\) in [\d.]+ s\n", out)

@@ -17,7 +17,8 @@ A checkpoint holds everything needed to continue a run exactly:
                           `torch.load(weights_only=True)`, which executes no code)
     carry.safetensors     the step-to-step state of every batch slot, gathered over ranks
     rng.safetensors       every rank's torch RNG states
-    train_state.json      step, data-stream position and counters
+    train_state.json      step, data-stream position and counters, and the metrics of
+                          the evaluation just before the save (`eval_metrics`)
     config.json           the resolved run configuration
     dataset.json, tokenizer/   copies from the dataset, so exports need nothing else
     manifest.json         file names, sizes and SHA-256 digests, written last
@@ -26,13 +27,19 @@ Files are written into a hidden temporary folder, flushed to disk, and the folde
 renamed to `step_<N>` only when complete; a crash mid-save leaves no `step_<N>` behind.
 `manifest.json` catches a folder whose files were truncated afterwards (sizes, checked
 whenever checkpoints are listed) or damaged in place (digests, checked on load).
+
+`checkpoint_keep_last` / `checkpoint_keep_best` bound the disk a run takes:
+`prune_checkpoints` deletes the others once a new checkpoint is written and verified.
 """
 
 from __future__ import annotations
 
+import difflib
 import errno
 import hashlib
 import json
+import math
+import os
 import pickle
 import re
 import shutil
@@ -48,6 +55,7 @@ from safetensors.torch import load_file, save_file
 from core.errors import UserError
 from core.files import atomic_folder, write_json
 from training import distributed
+from training.config import CheckpointSettings
 from training.ema import EMA
 from training.state import RunContext, TrainState
 
@@ -213,9 +221,10 @@ def read_checkpoint(folder: Path) -> Checkpoint:
 # ------------------------------------------------------------- a run's state in and out
 
 
-def save_train_state(state: TrainState, ctx: RunContext) -> Path | None:
-    """Write the current step's checkpoint into the run folder (a collective; rank 0 writes
-    and gets the step folder, the other ranks None)."""
+def save_train_state(state: TrainState, ctx: RunContext, eval_metrics: dict[str, float] | None = None) -> Path | None:
+    """Write the current step's checkpoint into the run folder, with the metrics of the
+    evaluation just before it, then delete the ones `checkpoint_keep_last` lets go (a
+    collective; rank 0 writes and gets the step folder, the other ranks None)."""
     carry = gather_carry(state.carry)
     rng = rng_states(ctx)
     step_dir = None
@@ -223,10 +232,14 @@ def save_train_state(state: TrainState, ctx: RunContext) -> Path | None:
         checkpoint = Checkpoint(
             model=state.model.state_dict(), ema=state.ema.state_dict() if state.ema else None,
             optimizers=optimizer_states(state), carry=carry, rng=rng, config=ctx.resolved_config(),
-            train_state=train_counters(state, ctx),
+            train_state={**train_counters(state, ctx), "eval_metrics": eval_metrics or {}},
         )
         step_dir = write_checkpoint(ctx.run_dir, checkpoint, _dataset_files(ctx.config.data_paths[0]))
     distributed.barrier()
+    retention = ctx.config.checkpointing
+    check_best_metric(retention, eval_metrics, ctx.run_dir)  # every rank has the same metrics: all stop alike
+    if step_dir is not None:
+        prune_checkpoints(ctx.run_dir, step_dir, retention)
     return step_dir
 
 
@@ -244,6 +257,65 @@ def restore_train_state(state: TrainState, ctx: RunContext, step_dir: Path) -> N
         load_carry(state, ctx, checkpoint.carry)
     load_train_counters(state, checkpoint.train_state, with_stream=not ctx.config.eval_only)
     load_rng_states(ctx, checkpoint.rng)
+
+
+# ------------------------------------------------------------- which checkpoints stay
+
+
+def prune_checkpoints(run_dir: Path, newest: Path, retention: CheckpointSettings) -> list[Path]:
+    """Delete the complete checkpoints of `run_dir` that are neither among the newest
+    `retention.keep_last`, nor `newest`, nor the best by `retention.keep_best`; return them.
+
+    Runs only after `newest` is written and its digests verified, so a save killed midway
+    (it never becomes a `step_<N>` folder) or a damaged one leaves every older checkpoint
+    in place; `find_latest` (what `resume=auto` and `+load_checkpoint=RUN` pick) is among
+    the newest, so it is never deleted. A folder is first renamed to a hidden
+    `.step_<N>.old-*` (one atomic step), then removed; `write_checkpoint` clears leftovers.
+    """
+    if retention.keep_last is None:
+        return []
+    if not is_complete(newest) or damaged_file(newest) is not None:
+        print(f"warning: the new checkpoint {newest} does not match its manifest; no older checkpoint is deleted",
+              flush=True)
+        return []
+    checkpoints = list_checkpoints(run_dir)
+    keep = {newest, *checkpoints[-retention.keep_last:]}
+    if retention.keep_best:
+        best = best_checkpoint(checkpoints, retention.keep_best, retention.best_mode)
+        keep |= {best[0]} if best else set()
+    removed = [path for path in checkpoints if path not in keep]
+    for path in removed:
+        trash = path.with_name(f".{path.name}.old-{os.getpid()}")
+        path.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    return removed
+
+
+def best_checkpoint(checkpoints: list[Path], metric: str, mode: str) -> tuple[Path, float] | None:
+    """The checkpoint (and its value) with the lowest (`mode="min"`) or highest `metric` among
+    those whose evaluation logged it (`train_state.json`'s `eval_metrics`), the oldest on a tie."""
+    scored = []
+    for path in checkpoints:
+        saved = json.loads((path / "train_state.json").read_text(encoding="utf-8")).get("eval_metrics") or {}
+        value = saved.get(metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            scored.append((path, float(value)))
+    if not scored:
+        return None
+    pick = min if mode == "min" else max
+    return pick(scored, key=lambda item: item[1])
+
+
+def check_best_metric(retention: CheckpointSettings, eval_metrics: dict[str, float] | None, run_dir: Path) -> None:
+    """Refuse a `checkpoint_keep_best` that the run's evaluation does not log (after the save,
+    so the step is kept)."""
+    if not retention.keep_best or not eval_metrics or retention.keep_best in eval_metrics:
+        return
+    close = difflib.get_close_matches(retention.keep_best, list(eval_metrics), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise UserError(f"checkpoint_keep_best={retention.keep_best} is not an eval metric of this run ({hint}it logs "
+                    f"{', '.join(sorted(eval_metrics))}); this step is saved: resume with +load_checkpoint={run_dir} "
+                    "and the right name")
 
 
 def _dataset_files(data_path: str) -> list[Path]:

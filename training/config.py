@@ -38,6 +38,12 @@ class CheckpointSettings:
     resume: str | None
     every_eval: bool
     """`checkpoint_every_eval`."""
+    keep_last: int | None
+    """`checkpoint_keep_last`: how many of the newest checkpoints to keep (None: all)."""
+    keep_best: str | None
+    """`checkpoint_keep_best`: the eval metric whose best checkpoint is kept too."""
+    best_mode: Literal["min", "max"] | None
+    """Whether lower (`min`) or higher (`max`) `keep_best` is better (from the name unless given)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,16 @@ class PretrainConfig(BaseModel):
     """Skip evaluations before this many epochs."""
     checkpoint_every_eval: bool = True
     """Save a checkpoint at every evaluation (one is always saved at the end)."""
+    checkpoint_keep_last: int | None = Field(default=None, ge=1)
+    """Keep only the newest this many checkpoints of the run (None: keep all). Older ones
+    are deleted after a new one is written and verified, never the newest."""
+    checkpoint_keep_best: str | None = None
+    """Also keep the checkpoint with the best value of this eval metric (e.g.
+    `all/mlm_loss`), whatever its age; the end of the run names it."""
+    checkpoint_best_mode: Literal["min", "max"] | None = None
+    """Whether lower (`min`) or higher (`max`) `checkpoint_keep_best` is better; None: read
+    from the metric's name (`loss`, `error`, `perplexity`: min; `accuracy`, `f1`, `exact`,
+    `pass@`, `mcc`, `pearson`, `spearman`, `precision`, `recall`: max)."""
     max_steps: int | None = None
     """Stop after this many optimiser steps (for demos and smoke tests); the LR schedule
     still spans the whole run."""
@@ -199,7 +215,11 @@ class PretrainConfig(BaseModel):
     def checkpointing(self) -> CheckpointSettings:
         """The checkpoint keys as one value."""
         run_dir = Path(self.checkpoint_path) if self.checkpoint_path else None
-        return CheckpointSettings(run_dir, self.load_checkpoint, self.resume, self.checkpoint_every_eval)
+        best_mode = self.checkpoint_best_mode
+        if self.checkpoint_keep_best and best_mode is None:
+            best_mode = best_mode_of(self.checkpoint_keep_best)
+        return CheckpointSettings(run_dir, self.load_checkpoint, self.resume, self.checkpoint_every_eval,
+                                  self.checkpoint_keep_last, self.checkpoint_keep_best, best_mode)
 
     @property
     def logging(self) -> LoggingSettings:
@@ -231,7 +251,25 @@ class PretrainConfig(BaseModel):
             raise ValueError(f"lr_warmup_ratio must be in [0, 1) or null, got {self.lr_warmup_ratio}")
         if not 0.0 <= self.ema_rate < 1.0:
             raise ValueError(f"ema_rate must be in [0, 1), got {self.ema_rate}")
+        if self.checkpoint_keep_best and self.checkpoint_best_mode is None and best_mode_of(self.checkpoint_keep_best) is None:
+            raise ValueError(f"cannot tell from its name whether a lower or a higher checkpoint_keep_best="
+                             f"{self.checkpoint_keep_best} is better; add checkpoint_best_mode=min or max")
         return self
+
+
+LOWER_IS_BETTER = ("loss", "error", "perplexity")
+HIGHER_IS_BETTER = ("accuracy", "f1", "exact", "pass@", "mcc", "pearson", "spearman", "precision", "recall")
+"""Words in a metric's name (after its set, e.g. `all/`) that say which way is better."""
+
+
+def best_mode_of(metric: str) -> Literal["min", "max"] | None:
+    """`min` or `max` for a metric name with a known word in it, else None."""
+    name = metric.rsplit("/", 1)[-1].lower()
+    if any(word in name for word in LOWER_IS_BETTER):
+        return "min"
+    if any(word in name for word in HIGHER_IS_BETTER):
+        return "max"
+    return None
 
 
 def format_validation_error(error: ValidationError, prefix: str = "") -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from tqdm import tqdm
 from core.errors import ConfigError, UserError
 from models.interface import Carry, StepOutput
 from training import distributed
-from training.checkpoint import save_train_state
+from training.checkpoint import best_checkpoint, list_checkpoints, save_train_state
 from training.config import PretrainConfig
 from training.environment import memory_metrics, peak_tflops
 from training.metrics import (
@@ -194,21 +195,39 @@ def eval_steps(config: PretrainConfig, state: TrainState) -> list[int]:
     return sorted(points)
 
 
+def stop_agreed(stop: StopRequest | None, ctx: RunContext) -> bool:
+    """Whether a stop signal reached any rank (one small all-reduce with several processes,
+    so every rank decides alike and none is left waiting in a collective)."""
+    requested = stop is not None and stop.requested
+    vote = torch.tensor(float(requested), device=ctx.dist.device)
+    return distributed.all_reduce_sum(vote).item() > 0
+
+
 @torch.no_grad()
-def evaluate(state: TrainState, ctx: RunContext) -> dict[str, float]:
-    """Run the test split (and the evaluators) with the EMA weights when there are any."""
+def evaluate(state: TrainState, ctx: RunContext, stop: StopRequest | None = None) -> dict[str, float] | None:
+    """Run the test split (and the evaluators) with the EMA weights when there are any.
+
+    Returns the metrics (the same on every rank), or None when a stop signal came: the
+    ranks agree after every batch, and abandon the evaluation together.
+    """
     accumulator = MetricAccumulator()
     batches = ctx.data_kind.eval_batches(ctx.eval_paths, ctx.data_options, ctx.config.seed, ctx.layout)
     for evaluator in ctx.evaluators:
         evaluator.begin()
     swap = state.ema.swapped_in(state.model) if state.ema is not None else contextlib.nullcontext()
+    progress = EvalProgress(ctx.dist.is_main, state.step)
     state.model.eval()
     try:
         with swap:
             for set_name, numpy_batch in batches:
                 _evaluate_batch(state, ctx, set_name, to_device(numpy_batch, ctx.dist.device, pin=False), accumulator)
+                progress.update(set_name)
+                if stop_agreed(stop, ctx):
+                    progress.abandon()
+                    return None
     finally:
         state.model.train()
+        progress.close()
     metrics = accumulator.reduce()
     for set_name in {key.split("/")[0] for key in metrics}:
         averaged = {key.split("/", 1)[1]: value for key, value in metrics.items() if key.startswith(set_name + "/")}
@@ -217,7 +236,60 @@ def evaluate(state: TrainState, ctx: RunContext) -> dict[str, float]:
         result = evaluator.finish(ctx.run_dir if ctx.dist.is_main else None, ctx.dist.rank, ctx.dist.world_size)
         if result:
             metrics.update(result)
-    return metrics
+    return distributed.broadcast_object(metrics)  # evaluators score on rank 0
+
+
+class EvalProgress:
+    """What rank 0 shows while evaluating: a bar per set when the bars' stream (stderr) is a
+    terminal, as for training (`progress_display`); otherwise (a log file, a pipe) a line
+    when the evaluation starts and one per finished set."""
+
+    def __init__(self, enabled: bool, step: int) -> None:
+        self.enabled, self.step = enabled, step
+        self.terminal = enabled and sys.stderr.isatty()
+        self.set_name: str | None = None
+        self.num_batches, self.started = 0, time.monotonic()
+        self.bar: tqdm | None = None
+        if enabled and not self.terminal:
+            print(f"evaluating at step {step}", flush=True)
+
+    def update(self, set_name: str) -> None:
+        """One batch of `set_name` done."""
+        if not self.enabled:
+            return
+        if set_name != self.set_name:
+            self._finish_set()
+            self.set_name, self.num_batches, self.started = set_name, 0, time.monotonic()
+            if self.terminal:
+                self.bar = tqdm(desc=f"eval {set_name}", unit="batch", leave=False, dynamic_ncols=True)
+        self.num_batches += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def abandon(self) -> None:
+        """Say that the evaluation stops here, unfinished."""
+        if self.enabled:
+            self._close_bar()
+            tqdm.write(f"evaluation at step {self.step} abandoned after {self.num_batches} batch(es) of set "
+                       f"{self.set_name}: a stop signal came; its metrics are not logged")
+            self.enabled = False
+
+    def close(self) -> None:
+        """The evaluation ended (finished or not)."""
+        if self.enabled:
+            self._finish_set()
+            self.enabled = False
+
+    def _finish_set(self) -> None:
+        self._close_bar()
+        if self.set_name is not None and not self.terminal:
+            print(f"eval at step {self.step}: set {self.set_name} done, {self.num_batches} batch(es) in "
+                  f"{time.monotonic() - self.started:.1f} s", flush=True)
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _evaluate_batch(state: TrainState, ctx: RunContext, set_name: str, batch: dict[str, torch.Tensor],
@@ -254,7 +326,7 @@ def fit(state: TrainState, ctx: RunContext) -> None:
     meter = ThroughputMeter(peak_tflops(ctx.dist.device, config.logging.peak_tflops))
     # Read ahead in a background thread on CUDA; checkpoints keep the trained batch's position.
     batches = device_batches(state.stream, ctx.dist.device)
-    saved, stopping = None, False
+    saved, saved_this_step, stopping = None, False, False  # `saved` is None on ranks other than 0
     try:
         while state.step < last_step and not stopping:
             with meter.waiting():
@@ -269,14 +341,15 @@ def fit(state: TrainState, ctx: RunContext) -> None:
                 _log_train(state, ctx, accumulator, meter, progress)
             if state.step == last_step or stopping:
                 progress.close()  # its last line stays; what follows is printed below it, once
-            saved = None
+            saved, saved_this_step = None, False
             if evaluations and state.step >= evaluations[0]:
                 evaluations.pop(0)
                 with meter.excluded():  # evaluation and saving are not training throughput
-                    _log_eval(state, ctx)
-                    if config.checkpointing.every_eval or state.step == last_step:
-                        saved = save_train_state(state, ctx)
-        if stopping and saved is None:
+                    metrics = _log_eval(state, ctx, stop)
+                    stopping = stopping or metrics is None  # abandoned for a stop signal: save this step, stop
+                    if config.checkpointing.every_eval or state.step == last_step or stopping:
+                        saved, saved_this_step = save_train_state(state, ctx, metrics), True
+        if stopping and not saved_this_step:
             saved = save_train_state(state, ctx)
     finally:
         batches.close()
@@ -294,6 +367,11 @@ def _closing_message(state: TrainState, ctx: RunContext, signal_name: str | None
               f"resume with the same command plus +load_checkpoint={ctx.run_dir}", flush=True)
     elif saved is not None:
         print(f"finished at step {state.step}; checkpoint: {saved}", flush=True)
+    retention = ctx.config.checkpointing
+    best = best_checkpoint(list_checkpoints(ctx.run_dir), retention.keep_best, retention.best_mode) if (
+        retention.keep_best) else None
+    if best is not None:
+        print(f"best checkpoint by {retention.keep_best} ({retention.best_mode}): {best[0]} ({best[1]:.6g})", flush=True)
 
 
 def _log_train(state: TrainState, ctx: RunContext, accumulator: MetricAccumulator, meter: ThroughputMeter,
@@ -311,8 +389,8 @@ def _log_train(state: TrainState, ctx: RunContext, accumulator: MetricAccumulato
         progress.set_postfix(progress_fields(metrics, ctx.plugin.main_loss), refresh=False)
 
 
-def _log_eval(state: TrainState, ctx: RunContext) -> dict[str, float]:
-    metrics = evaluate(state, ctx)
+def _log_eval(state: TrainState, ctx: RunContext, stop: StopRequest) -> dict[str, float] | None:
+    metrics = evaluate(state, ctx, stop)
     if ctx.logger is not None and metrics:
         ctx.logger.log(state.step, metrics)
         ordered = sorted(metrics.items(), key=lambda item: natural_key(item[0]))
