@@ -22,9 +22,15 @@ bzip2 or zstd compressed (zstd needs zstandard; `pip install -e ".[corpora]"` ad
 Exact repeats of documents (`--dedup documents`, the default) or paragraphs are removed
 before the split, so no duplicate crosses it.
 
-The tokenizer is a WordPiece vocabulary trained on the corpus (default; on a sample of
-`--tokenizer-sample-mb` for large corpora), a word-level vocabulary of the most frequent
-words (`--tokenizer whitespace`), or an existing `tokenizer.json` / `vocab.txt` / folder.
+The tokenizer is a WordPiece vocabulary trained on the corpus (default; for a corpus larger
+than `--tokenizer-sample-mb`, on about that much text: ~1 MB from each of a seeded choice
+of files, chosen by size, `dataset/text/sample.py`), a word-level vocabulary of the most
+frequent words (`--tokenizer whitespace`), or an existing `tokenizer.json` / `vocab.txt` /
+folder.
+
+Several lengths (`--max-seq-length 128 512`, BERT's two phases) build one dataset per
+length, `OUTPUT_DIR/seq128/` and `OUTPUT_DIR/seq512/`, from one pass over the corpus (read
+and tokenised once); each is the dataset a build of that length alone gives.
 
 Packing (`--packing`): `full` concatenates the documents of a split with [SEP] between
 them and cuts the stream into full sequences `[CLS] ... [SEP]` (RoBERTa's
@@ -55,6 +61,15 @@ with `dataset/exclude_duplicate_documents.py` (BERT_TRAINING.md, "Building on ma
     python dataset/build_text_mlm_dataset.py --input-files data/corpus --tokenizer data/tokenizer \
         --num-parts 64 --part $SLURM_ARRAY_TASK_ID --output-dir data/wiki-parts/part_$(printf %05d $SLURM_ARRAY_TASK_ID)
 
+Stopping and resuming: the build writes into a hidden `.<name>.partial` folder beside
+`--output-dir`, renamed to `--output-dir` only when complete. SIGTERM or Ctrl-C stops it
+at the next chunk (about 1 MB of text) with one line; after that, or after a kill
+(SIGKILL, a lost machine), the same command plus `--resume` finishes it, and the result is
+byte for byte the one an uninterrupted build gives (`--num-workers` may change; the other
+options may not). A resumed build reads the finished part of the corpus again without
+tokenising it, and loses at most the work since the last shard was completed
+(`dataset/text/resume.py`).
+
 Reproducibility: with the same tokenizer and seed, a build is bit-identical, whatever
 `--num-workers`. Training a WordPiece vocabulary is not: the `tokenizers` library
 breaks ties between equally frequent merges in hash-map order (huggingface/tokenizers
@@ -81,10 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"files, quoted globs or folders: {', '.join(FORMATS)}; .gz/.bz2/.zst")
     parser.add_argument("--output-dir", required=True, help="dataset folder to create")
     parser.add_argument("--vocab-size", type=int, default=None, help=f"trained vocabulary size ({DEFAULT_VOCAB_SIZE})")
-    parser.add_argument("--max-seq-length", type=int, default=512, help="tokens per sequence, specials included")
+    parser.add_argument("--max-seq-length", type=int, nargs="+", default=[512],
+                        help="tokens per sequence, specials included; several (128 512): one dataset each, "
+                             "in OUTPUT_DIR/seq<length>/, from one pass")  # fmt: skip
     parser.add_argument("--mask-prob", type=float, default=0.15, help="masking rate recorded for dynamic masking")
     parser.add_argument("--test-split", type=float, default=0.05, help="fraction of documents in the test split")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, NSP pairs and static masks")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the tokenizer's sample, NSP pairs and static masks")
     parser.add_argument(
         "--tokenizer", default="wordpiece", help="'wordpiece' (train), 'whitespace' (word-level), or a PATH to reuse"
     )
@@ -97,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=1, help="tokenisation processes (1: in this process)")
     parser.add_argument("--shard-size", type=int, default=65536, help="sequences per shard file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+    parser.add_argument("--resume", action="store_true",
+                        help="finish a build of --output-dir that was stopped or killed (same options)")
     parser.add_argument("--on-bad-line", choices=("skip", "error"), default="error",
                         help="malformed rows, binary or non-UTF-8 lines: stop, or drop and count them")
     parser.add_argument("--text-field", default="text", help="the text's JSON field or parquet column")
@@ -114,7 +133,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def options_from_args(args: argparse.Namespace) -> MLMBuildOptions:
     """The library's options from the parsed flags (`--packing` left out means `documents`)."""
+    lengths = args.max_seq_length
     return MLMBuildOptions(**{**vars(args), "input_files": tuple(args.input_files),
+                              "max_seq_length": lengths[0] if len(lengths) == 1 else tuple(lengths),
                               "packing": args.packing or "documents"})  # fmt: skip
 
 

@@ -10,13 +10,17 @@ so memory does not grow with the corpus.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import shutil
+import signal
 import sys
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +28,15 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from core.errors import UserError
-from core.files import atomic_folder, write_json, write_text
+from core.files import write_json, write_text
 from dataset.text import corpus as text_corpus
 from dataset.text.corpus import CorpusReader, Deduplicator, document_fraction, document_key, expand_input_files
 from dataset.text.format import SPLITS, DocumentIndexWriter, MLMDatasetMetadata, ShardWriter
 from dataset.text.masking import Masker
 from dataset.text.packing import PACKINGS, FullPacker, PairMaker, pack_lines
 from dataset.text.report import DocumentSample, ReportCounter, length_warnings, render_report
+from dataset.text.resume import BuildJournal, BuildStopped, StopRequest
+from dataset.text.sample import sample_budgets, sample_documents
 from dataset.text.tokenizer import (
     SPECIAL_TOKENS,
     TokenizerChoice,
@@ -45,6 +51,8 @@ DEFAULT_VOCAB_SIZE = 30000
 CHUNK_CHARACTERS = 1 << 20
 """Text per tokenisation task (about 1 MB): large enough to amortise the process hop."""
 TRAINED_TOKENIZERS = ("wordpiece", "whitespace")
+RESUME_FREE_OPTIONS = ("output_dir", "overwrite", "resume", "num_workers")
+"""Options that do not change the output, so a resumed build may change them."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +66,9 @@ class MLMBuildOptions:
     """Dataset folder to create."""
     vocab_size: int | None = None
     """Size of a trained vocabulary (`DEFAULT_VOCAB_SIZE` when None)."""
-    max_seq_length: int = 512
-    """Tokens per sequence, specials included."""
+    max_seq_length: int | tuple[int, ...] = 512
+    """Tokens per sequence, specials included; several lengths build one dataset per length
+    from one pass over the corpus, in `<output_dir>/seq<length>/` (`seq_lengths`)."""
     mask_prob: float = 0.15
     """Masking rate recorded for dynamic masking (and used by static masking)."""
     test_split: float = 0.05
@@ -94,11 +103,21 @@ class MLMBuildOptions:
     """Which slice of the inputs to build (0-based), with `num_parts`."""
     num_parts: int = 1
     """Slices the inputs are cut into by bytes, each built by its own job (`part_byte_range`)."""
+    resume: bool = False
+    """Finish a build of `output_dir` that was stopped or killed (`dataset.text.resume`)."""
+
+    @property
+    def seq_lengths(self) -> tuple[int, ...]:
+        """The sequence lengths to build (one or more)."""
+        return (self.max_seq_length,) if isinstance(self.max_seq_length, int) else tuple(self.max_seq_length)
 
     def check(self) -> None:
         """Reject option values that cannot work, naming the flag to change."""
-        if self.max_seq_length < 8:
-            raise UserError(f"--max-seq-length {self.max_seq_length} is too short; use 8 or more (BERT uses 128 or 512)")
+        for length in self.seq_lengths:
+            if length < 8:
+                raise UserError(f"--max-seq-length {length} is too short; use 8 or more (BERT uses 128 or 512)")
+        if len(set(self.seq_lengths)) != len(self.seq_lengths) or not self.seq_lengths:
+            raise UserError(f"--max-seq-length {' '.join(map(str, self.seq_lengths))}: give each length once")
         if not 0.0 < self.mask_prob < 1.0:
             raise UserError(f"--mask-prob {self.mask_prob} must be between 0 and 1 (exclusive); BERT uses 0.15")
         if not 0.0 <= self.test_split < 1.0:
@@ -132,40 +151,74 @@ class MLMBuildOptions:
 
 
 def build_mlm_dataset(options: MLMBuildOptions) -> MLMDatasetMetadata:
-    """Check the options, make the tokenizer, and build the dataset folder atomically; its metadata."""
+    """Check the options, make the tokenizer, and build the dataset folder; its metadata.
+
+    The folder appears complete or not at all; a build stopped by a signal or killed is
+    finished by the same options with `resume=True` (`dataset.text.resume`).
+    """
     options.check()
     files = expand_input_files(list(options.input_files))
+    stop = StopRequest()
+    with stop.installed():
+        journal = BuildJournal(options.output_dir, _fingerprint(options, files), stop)
+        stored = journal.open(options.resume, options.overwrite)
+        if stored:
+            choice = _stored_tokenizer(journal.folder / _subfolder(options, options.seq_lengths[0]), stored)
+        else:
+            choice = make_tokenizer(options, files, stop)
+        try:
+            metadata = write_dataset(options, files, choice, journal, stored)
+        except BuildStopped:
+            raise
+        except BaseException:
+            journal.abandon()
+            raise
+        journal.finish(options.overwrite)
+    return metadata
+
+
+def make_tokenizer(options: MLMBuildOptions, files: list[Path], stop: StopRequest | None = None) -> TokenizerChoice:
+    """The build's tokenizer: trained on the corpus, or the one `--tokenizer` names."""
     if options.tokenizer in TRAINED_TOKENIZERS:
-        choice = train_tokenizer(options, files)
-    else:
-        for option, value in (("--vocab-size", options.vocab_size), ("--lowercase", options.lowercase)):
-            if value is not None:
-                warnings.warn(f"{option} has no effect with --tokenizer {options.tokenizer} (its vocabulary is reused)", stacklevel=2)
-        choice = load_tokenizer(options.tokenizer)
-    with atomic_folder(options.output_dir, overwrite=options.overwrite) as folder:
-        return write_dataset(options, files, choice, folder)
+        return train_tokenizer(options, files, stop)
+    for option, value in (("--vocab-size", options.vocab_size), ("--lowercase", options.lowercase)):
+        if value is not None:
+            warnings.warn(f"{option} has no effect with --tokenizer {options.tokenizer} (its vocabulary is reused)", stacklevel=3)
+    return load_tokenizer(options.tokenizer)
 
 
-def train_tokenizer(options: MLMBuildOptions, files: list[Path]) -> TokenizerChoice:
-    """Train a WordPiece or word-level vocabulary on (a sample of) the corpus.
+def _fingerprint(options: MLMBuildOptions, files: list[Path]) -> dict:
+    """What a resumed build must share with the stopped one: the options that change the output, and the inputs."""
+    kept = {name: value for name, value in asdict(options).items() if name not in RESUME_FREE_OPTIONS}
+    kept["input_files"] = [(str(path), path.stat().st_size) for path in files]
+    kept["chunk_characters"] = CHUNK_CHARACTERS  # the journal counts chunks
+    return json.loads(json.dumps(kept))
 
-    The sample keeps each document with probability `--tokenizer-sample-mb` / input size
-    (on-disk size, so compressed inputs give a larger sample), decided by a seeded hash.
+
+def _stored_tokenizer(folder: Path, stored: dict) -> TokenizerChoice:
+    """The tokenizer a stopped build saved (never retrained: WordPiece training is not deterministic)."""
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
+    return TokenizerChoice(tokenizer, stored["kind"], stored["lowercase"])
+
+
+def train_tokenizer(options: MLMBuildOptions, files: list[Path], stop: StopRequest | None = None) -> TokenizerChoice:
+    """Train a WordPiece or word-level vocabulary on the corpus, or on a sample of about
+    `--tokenizer-sample-mb` spread over the files by bytes (`dataset.text.sample`).
     """
     lowercase = True if options.lowercase is None else options.lowercase
     vocab_size = options.vocab_size or DEFAULT_VOCAB_SIZE
     tokenizer, trainer_class = new_tokenizer(options.tokenizer, lowercase)
     trainer = trainer_class(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
     reader = CorpusReader(files, options.on_bad_line, options.text_field)
-    total = reader.total_bytes()
-    fraction = min(1.0, options.tokenizer_sample_mb * 1e6 / max(total, 1))
+    budgets = sample_budgets([path.stat().st_size for path in files], int(options.tokenizer_sample_mb * 1e6), options.seed)
 
     def sample() -> Iterator[list[str]]:
-        with tqdm(total=total, unit="B", unit_scale=True, desc="training tokenizer", disable=None) as bar:
-            for document in Deduplicator(options.dedup).filter(reader.documents()):
-                bar.update(reader.counters.bytes_on_disk - bar.n)
-                if fraction >= 1.0 or document_fraction(document, options.seed, "tokenizer-sample") < fraction:
-                    yield document
+        with tqdm(total=sum(budgets), unit="B", unit_scale=True, desc="training tokenizer", disable=None) as bar:
+            for document in Deduplicator(options.dedup).filter(sample_documents(reader, budgets)):
+                bar.update(min(reader.counters.bytes_on_disk, bar.total) - bar.n)
+                if stop is not None:
+                    stop.check(options.output_dir)
+                yield document
 
     tokenizer.train_from_iterator(sample(), trainer=trainer)
     if reader.counters.documents == 0:
@@ -258,7 +311,7 @@ def tokenized_chunks(chunks: Iterator[_Chunk], tokenizer: Tokenizer, num_workers
     # Spawned (not forked) workers: the tokenizers library's thread pool does not survive a fork.
     context = multiprocessing.get_context("spawn")
     initargs = (tokenizer.to_str(), False)
-    with context.Pool(num_workers, initializer=text_corpus.init_tokenizer_worker, initargs=initargs) as pool:
+    with context.Pool(num_workers, initializer=_init_worker, initargs=initargs) as pool:
         pending = deque()
         for chunk in chunks:
             pending.append((chunk, pool.apply_async(text_corpus.tokenize_lines, (chunk.lines,))))
@@ -267,6 +320,13 @@ def tokenized_chunks(chunks: Iterator[_Chunk], tokenizer: Tokenizer, num_workers
                 yield _finished(*pending.popleft())
         while pending:
             yield _finished(*pending.popleft())
+
+
+def _init_worker(tokenizer_json: str, threads_inside: bool) -> None:
+    """A tokenising worker ignores SIGINT: Ctrl-C reaches the whole process group, and the
+    main process alone stops the build (commits, then closes the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    text_corpus.init_tokenizer_worker(tokenizer_json, threads_inside)
 
 
 def _finished(chunk: _Chunk, result) -> _Chunk:
@@ -287,58 +347,24 @@ class BuildStats:
     seconds: float = 0.0
 
 
-def write_shards(
-    options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, writers: dict[str, ShardWriter]
-) -> BuildStats:
-    """Stream every document through de-duplication, tokenisation and packing into the split writers."""
-    started = time.perf_counter()
-    continuation = continuation_mask(choice.tokenizer)  # (V,) which ids continue a word
-    stats = BuildStats(
-        CorpusReader(files, options.on_bad_line, options.text_field), Deduplicator(options.dedup),
-        ReportCounter(continuation, choice.special_ids["[UNK]"]),
-    )  # fmt: skip
-    reader = stats.reader
-    sink = _DocumentSink(options, writers, choice.special_ids["[SEP]"], continuation)
-    chunks = _chunks(sink.keyed(stats.deduplicator.filter(part_documents(reader, options))), options)
-    with tqdm(total=reader.total_bytes(), unit="B", unit_scale=True, desc="building", disable=None) as bar:
-        for chunk in tokenized_chunks(chunks, choice.tokenizer, options.num_workers):
-            tokens = chunk.tokens
-            stats.counter.add(chunk.split_of_line(), tokens.ids, tokens.line_lengths, tokens.sentences,
-                              tokens.unknown_characters)  # fmt: skip
-            for split, lines in chunk.documents():
-                stats.num_documents[split] += 1
-                stats.sample.add(split, lines)
-                sink.add(split, lines)
-            bar.update(reader.counters.bytes_on_disk - bar.n)
-    sink.finish()
-    stats.seconds = time.perf_counter() - started
-    return stats
+@dataclass
+class _Target:
+    """A dataset the build writes (one per sequence length): its split writers, the
+    packing state between chunks and, with `--packing documents`, the document indexes
+    (`<split>/documents.npy`: each document's key and rows, `DocumentIndexWriter`)."""
 
+    folder: Path
+    seq_len: int
+    writers: dict[str, ShardWriter]
+    capacity: int
+    """Text tokens per segment."""
+    pair_maker: PairMaker | None = None
+    packers: dict[str, FullPacker] = field(default_factory=dict)
+    indexes: dict[str, DocumentIndexWriter] = field(default_factory=dict)
+    """Empty with `--packing full`: a fully packed row mixes documents, so none is indexed."""
 
-class _DocumentSink:
-    """Packs each tokenised document into its split's writer and, with `--packing
-    documents`, records its key and rows in `<split>/documents.npy` (`DocumentIndexWriter`)."""
-
-    def __init__(self, options: MLMBuildOptions, writers: dict[str, ShardWriter], sep_id: int, continuation: np.ndarray):
-        self.writers = writers
-        self.pair_maker = PairMaker(options.seed, continuation) if options.nsp else None
-        self.packers = {}
-        if options.packing == "full":
-            self.packers = {split: FullPacker(writers[split], options.max_seq_length - 2, sep_id) for split in SPLITS}
-        self.capacity = (options.max_seq_length - 3) // 2 if options.nsp else options.max_seq_length - 2
-        # A fully packed row mixes documents: no row belongs to one, so none is indexed.
-        self.indexes = {} if self.packers else {split: DocumentIndexWriter(writers[split].folder) for split in SPLITS}
-        self.keys: deque[int] = deque()  # keys of the documents read but not yet written, in order
-
-    def keyed(self, documents: Iterator[list[str]]) -> Iterator[list[str]]:
-        """`documents`, noting each one's key (`document_key`) on the way for `add`."""
-        for document in documents:
-            if self.indexes:
-                self.keys.append(document_key(document))
-            yield document
-
-    def add(self, split: str, lines: list[np.ndarray]) -> None:
-        """Write one document (the token ids of its lines) into `split`."""
+    def add(self, split: str, lines: list[np.ndarray], key: int | None) -> None:
+        """Write one document (the token ids of its lines, its `document_key`) into `split`."""
         writer = self.writers[split]
         first_row = writer.num_sequences + writer.rows
         if self.packers:
@@ -347,11 +373,11 @@ class _DocumentSink:
             for segment in pack_lines(lines, self.capacity):
                 writer.add(segment)
         else:
-            line_lengths = [len(line) for line in lines]
-            for segment_a, segment_b, label in self.pair_maker.pairs(pack_lines(lines, self.capacity), line_lengths, split):
+            segments, line_lengths = pack_lines(lines, self.capacity), [len(line) for line in lines]
+            for segment_a, segment_b, label in self.pair_maker.pairs(segments, line_lengths, split):
                 writer.add(segment_a, segment_b, label)
         if self.indexes:
-            self.indexes[split].add(self.keys.popleft(), first_row, writer.num_sequences + writer.rows - first_row)
+            self.indexes[split].add(key, first_row, writer.num_sequences + writer.rows - first_row)
 
     def finish(self) -> None:
         """Write what the packers and writers still hold, and the document indexes."""
@@ -362,44 +388,169 @@ class _DocumentSink:
         for index in self.indexes.values():
             index.close()
 
+    def num_shards(self) -> int:
+        return sum(len(writer.names) for writer in self.writers.values())
 
-def write_dataset(options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, folder: Path) -> MLMDatasetMetadata:
-    """Write the tokenizer, the shards, dataset.json and report.txt into `folder`; returns the metadata."""
-    vocab_sha256 = save_tokenizer(choice, folder / "tokenizer", options.max_seq_length)
-    vocab_size = choice.tokenizer.get_vocab_size(with_added_tokens=True)
-    dtype = id_dtype(vocab_size)
+    def state_dict(self) -> dict:
+        """The packing and indexing state a resumed build restores (`dataset.text.resume`)."""
+        return {"writers": {split: writer.state_dict() for split, writer in self.writers.items()},
+                "packers": {split: packer.state_dict() for split, packer in self.packers.items()},
+                "indexes": {split: index.state_dict() for split, index in self.indexes.items()},
+                "pair_maker": self.pair_maker}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()`."""
+        for split, writer in self.writers.items():
+            writer.load_state_dict(state["writers"][split])
+        for split, packer in self.packers.items():
+            packer.load_state_dict(state["packers"][split])
+        for split, index in self.indexes.items():
+            index.load_state_dict(state["indexes"][split])
+        self.pair_maker = state["pair_maker"]
+
+
+def _targets(options: MLMBuildOptions, choice: TokenizerChoice, root: Path) -> list[_Target]:
+    """One target per sequence length: `root` itself for one length, `root/seq<length>` for several."""
     ids = choice.special_ids
-    special = [ids[token] for token in SPECIAL_TOKENS]
-    masker = Masker(vocab_size, special, ids["[MASK]"], options.mask_prob) if options.static_masking else None
-    writers = {
-        split: ShardWriter(folder / split, ids, dtype, shard_size=options.shard_size, seq_len=options.max_seq_length,
-                           nsp=options.nsp, seed=options.seed, masker=masker)
-        for split in SPLITS
-    }  # fmt: skip
-    stats = write_shards(options, files, choice, writers)
-    if writers["train"].num_sequences == 0:
+    vocab_size = choice.tokenizer.get_vocab_size(with_added_tokens=True)
+    masker = None
+    if options.static_masking:
+        masker = Masker(vocab_size, [ids[token] for token in SPECIAL_TOKENS], ids["[MASK]"], options.mask_prob)
+    targets = []
+    for seq_len in options.seq_lengths:
+        folder = root / _subfolder(options, seq_len)
+        writers = {split: ShardWriter(folder / split, ids, id_dtype(vocab_size), shard_size=options.shard_size,
+                                      seq_len=seq_len, nsp=options.nsp, seed=options.seed, masker=masker)
+                   for split in SPLITS}  # fmt: skip
+        target = _Target(folder, seq_len, writers, (seq_len - 3) // 2 if options.nsp else seq_len - 2)
+        if options.nsp:
+            target.pair_maker = PairMaker(options.seed, continuation_mask(choice.tokenizer))
+        if options.packing == "full":
+            target.packers = {split: FullPacker(writers[split], seq_len - 2, ids["[SEP]"]) for split in SPLITS}
+        else:
+            target.indexes = {split: DocumentIndexWriter(writers[split].folder) for split in SPLITS}
+        targets.append(target)
+    return targets
+
+
+def _subfolder(options: MLMBuildOptions, seq_len: int) -> str:
+    """Where the dataset of one length goes inside the output folder: itself when it is the only one."""
+    return "" if len(options.seq_lengths) == 1 else f"seq{seq_len}"
+
+
+def _keyed(documents: Iterator[list[str]], keys: deque[int] | None) -> Iterator[list[str]]:
+    """`documents`, appending each one's `document_key` to `keys` on the way (unless None)."""
+    for document in documents:
+        if keys is not None:
+            keys.append(document_key(document))
+        yield document
+
+
+def write_shards(
+    options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, targets: list[_Target], journal: BuildJournal
+) -> BuildStats:
+    """Stream this part's documents through de-duplication, tokenisation and packing into
+    every target's writers, committing to `journal` after each chunk that completed a shard
+    (and when a stop is asked)."""
+    started = time.perf_counter()
+    stats = BuildStats(
+        CorpusReader(files, options.on_bad_line, options.text_field), Deduplicator(options.dedup),
+        ReportCounter(continuation_mask(choice.tokenizer), choice.special_ids["[UNK]"]),
+    )  # fmt: skip
+    # Keys of the documents read but not yet written, in order (only when they are indexed).
+    keys: deque[int] | None = deque() if options.packing != "full" else None
+    documents = _keyed(stats.deduplicator.filter(part_documents(stats.reader, options)), keys)
+    chunks = _chunks(documents, options)
+    done = _resume(journal, chunks, stats, targets, keys)
+    bar = tqdm(total=stats.reader.total_bytes(), unit="B", unit_scale=True, desc="building", disable=None)
+    with bar, closing(tokenized_chunks(chunks, choice.tokenizer, options.num_workers)) as tokenized:
+        for chunk in tokenized:
+            shards = sum(target.num_shards() for target in targets)
+            tokens = chunk.tokens
+            stats.counter.add(chunk.split_of_line(), tokens.ids, tokens.line_lengths, tokens.sentences,
+                              tokens.unknown_characters)  # fmt: skip
+            for split, lines in chunk.documents():
+                stats.num_documents[split] += 1
+                stats.sample.add(split, lines)
+                key = keys.popleft() if keys is not None else None
+                for target in targets:
+                    target.add(split, lines, key)
+            done += 1
+            if sum(target.num_shards() for target in targets) > shards or journal.stop.signal_name:
+                journal.commit(done, {"counter": stats.counter, "num_documents": stats.num_documents,
+                                      "sample": stats.sample, "targets": [target.state_dict() for target in targets]})  # fmt: skip
+                journal.stop.check(options.output_dir)
+            bar.update(stats.reader.counters.bytes_on_disk - bar.n)
+    for target in targets:
+        target.finish()
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _resume(
+    journal: BuildJournal, chunks: Iterator[_Chunk], stats: BuildStats, targets: list[_Target], keys: deque[int] | None
+) -> int:
+    """Chunks done by a stopped build (0 for a new one): read them again without tokenising
+    them (which rebuilds the reader's counts and the de-duplication set), then restore the
+    packing, indexing and sample state of the last commit."""
+    done, state = journal.load()
+    for _ in range(done):
+        next(chunks)
+    if keys is not None:
+        keys.clear()  # those chunks' documents are already indexed
+    if state is not None:
+        stats.counter, stats.num_documents, stats.sample = state["counter"], state["num_documents"], state["sample"]
+        for target, target_state in zip(targets, state["targets"]):
+            target.load_state_dict(target_state)
+    return done
+
+
+def write_dataset(
+    options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, journal: BuildJournal, stored: dict | None
+) -> MLMDatasetMetadata:
+    """Write the tokenizer (unless `stored`, a resumed build's), the shards, dataset.json and
+    report.txt of every sequence length into the journal's folder; the first length's metadata."""
+    targets = _targets(options, choice, journal.folder)
+    if stored is None:
+        for target in targets:
+            shutil.rmtree(target.folder / "tokenizer", ignore_errors=True)  # a build killed while saving it
+            vocab_sha256 = save_tokenizer(choice, target.folder / "tokenizer", target.seq_len)
+        journal.save_record({"kind": choice.kind, "lowercase": choice.lowercase, "vocab_sha256": vocab_sha256})
+    else:
+        vocab_sha256 = stored["vocab_sha256"]
+    stats = write_shards(options, files, choice, targets, journal)
+    if targets[0].writers["train"].num_sequences == 0:
         raise UserError(f"no text in --input-files {' '.join(map(str, files))}: nothing to train on")
+    metadatas = [_write_metadata(options, choice, target, stats, vocab_sha256) for target in targets]
+    return metadatas[0]
+
+
+def _write_metadata(
+    options: MLMBuildOptions, choice: TokenizerChoice, target: _Target, stats: BuildStats, vocab_sha256: str
+) -> MLMDatasetMetadata:
+    """Write one target's dataset.json and report.txt and print its summary; its metadata."""
+    ids, writers = choice.special_ids, target.writers
     metadata = MLMDatasetMetadata(
-        vocab_size=vocab_size, seq_len=options.max_seq_length,
+        vocab_size=choice.tokenizer.get_vocab_size(with_added_tokens=True), seq_len=target.seq_len,
         pad_id=ids["[PAD]"], cls_id=ids["[CLS]"], sep_id=ids["[SEP]"], mask_id=ids["[MASK]"], unk_id=ids["[UNK]"],
-        special_ids=special, mask_prob=options.mask_prob, nsp=options.nsp, static_masking=options.static_masking,
-        tokenizer=choice.kind, lowercase=choice.lowercase, vocab_sha256=vocab_sha256,
-        num_documents=stats.num_documents,
+        special_ids=[ids[token] for token in SPECIAL_TOKENS], mask_prob=options.mask_prob, nsp=options.nsp,
+        static_masking=options.static_masking, tokenizer=choice.kind, lowercase=choice.lowercase,
+        vocab_sha256=vocab_sha256, num_documents=stats.num_documents,
         num_sequences={split: writer.num_sequences for split, writer in writers.items()},
         num_tokens={split: writer.num_tokens for split, writer in writers.items()},
         shards={split: writer.names for split, writer in writers.items()},
         shard_rows={split: writer.shard_rows for split, writer in writers.items()},
-        dtype=np.dtype(dtype).name, packing=options.packing, dedup=options.dedup,
+        dtype=np.dtype(writers["train"].dtype).name, packing=options.packing, dedup=options.dedup,
     )  # fmt: skip
     metadata.report = stats.counter.report(metadata, stats.reader.counters, stats.deduplicator)
     metadata.report.warnings += length_warnings(metadata, stats.sample)
-    write_json(folder / "dataset.json", metadata.model_dump())
-    write_text(folder / "report.txt", render_report(metadata))
-    _print_summary(metadata, stats, options)
+    write_json(target.folder / "dataset.json", metadata.model_dump())
+    write_text(target.folder / "report.txt", render_report(metadata))
+    _print_summary(metadata, stats, Path(options.output_dir) / _subfolder(options, target.seq_len))
     return metadata
 
 
-def _print_summary(metadata: MLMDatasetMetadata, stats: BuildStats, options: MLMBuildOptions) -> None:
+def _print_summary(metadata: MLMDatasetMetadata, stats: BuildStats, destination: Path) -> None:
     """The report on stdout, its warnings on stderr (one line each), then the speed."""
     print(render_report(metadata, with_warnings=False), end="")
     for warning in metadata.report.warnings:
@@ -409,5 +560,5 @@ def _print_summary(metadata: MLMDatasetMetadata, stats: BuildStats, options: MLM
     megabytes = stats.reader.counters.bytes_on_disk / 1e6
     print(
         f"vocabulary {metadata.vocab_size} ({metadata.tokenizer}), ids {metadata.dtype}; read {megabytes:.1f} MB "
-        f"in {stats.seconds:.1f} s ({megabytes / max(stats.seconds, 1e-9):.1f} MB/s) -> {options.output_dir}"
+        f"in {stats.seconds:.1f} s ({megabytes / max(stats.seconds, 1e-9):.1f} MB/s) -> {destination}"
     )

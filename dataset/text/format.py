@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -261,7 +262,7 @@ class DocumentIndexWriter:
     def __init__(self, folder: Path):
         self.path = folder / DOCUMENTS_FILE
         self._scratch = folder / "documents.records"
-        self._file = open(self._scratch, "wb")  # noqa: SIM115 - closed by close()
+        self._file = None  # opened on the first spill (or by load_state_dict), closed by close()
         self._buffer: list[tuple[int, int, int]] = []
         self.count = 0
 
@@ -271,9 +272,25 @@ class DocumentIndexWriter:
             self._spill()
 
     def _spill(self) -> None:
+        if self._file is None:
+            self._file = open(self._scratch, "wb")  # noqa: SIM115 - closed by close()
         np.array(self._buffer, dtype=DOCUMENT_RECORD).tofile(self._file)
         self.count += len(self._buffer)
         self._buffer.clear()
+
+    def state_dict(self) -> dict:
+        """What `load_state_dict` needs to continue (the records spilled so far stay in the scratch file)."""
+        if self._file is not None:
+            self._file.flush()
+        return {"count": self.count, "buffer": list(self._buffer)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()` (a resumed build): the scratch file is cut back to the
+        records spilled by then, dropping any a stopped build wrote after its last commit."""
+        self.count, self._buffer = state["count"], list(state["buffer"])
+        self._file = open(self._scratch, "r+b" if self._scratch.exists() else "wb")  # noqa: SIM115 - closed by close()
+        self._file.truncate(self.count * DOCUMENT_RECORD.itemsize)
+        self._file.seek(0, os.SEEK_END)
 
     def close(self) -> None:
         """Write the `.npy` file (header, then the records) and remove the scratch file."""
@@ -293,7 +310,7 @@ class ShardWriter:
                  nsp: bool, seed: int, masker: StaticMasker | None):  # fmt: skip
         """`masker` (static masking) also writes each shard's `.masked` and `.labels`, seeded by `seed`."""
         self.folder = folder
-        self.folder.mkdir(parents=True)
+        self.folder.mkdir(parents=True, exist_ok=True)  # exists when a stopped build resumes
         self.shard_size, self.seq_len, self.dtype = shard_size, seq_len, dtype
         self.nsp, self.masker, self.seed = nsp, masker, seed
         self.pad_id, self.cls_id, self.sep_id = special_ids["[PAD]"], special_ids["[CLS]"], special_ids["[SEP]"]
@@ -342,6 +359,19 @@ class ShardWriter:
         self.num_sequences += self.rows
         self.ids.fill(self.pad_id)
         self.rows = 0
+
+    def state_dict(self) -> dict:
+        """What `load_state_dict` needs to continue this writer exactly (the buffered rows, not the whole buffer)."""
+        return {"ids": self.ids[: self.rows].copy(), "nsp_labels": self.nsp_labels[: self.rows].copy(),
+                "names": list(self.names), "shard_rows": list(self.shard_rows), "num_sequences": self.num_sequences,
+                "num_tokens": self.num_tokens}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()` (a resumed build)."""
+        self.rows = len(state["ids"])
+        self.ids[: self.rows], self.nsp_labels[: self.rows] = state["ids"], state["nsp_labels"]
+        self.names, self.shard_rows = list(state["names"]), list(state["shard_rows"])
+        self.num_sequences, self.num_tokens = state["num_sequences"], state["num_tokens"]
 
     def _static_masks(self, ids: np.ndarray, shard_index: int) -> tuple[np.ndarray, np.ndarray]:
         """Masked ids (storage dtype) and labels (int32) of a shard, masked in blocks of rows

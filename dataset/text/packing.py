@@ -161,6 +161,13 @@ class FullPacker:
         if self.size:
             self._write_pending()
 
+    def state_dict(self) -> tuple[list[np.ndarray], int]:
+        """The tokens waiting for the next sequence (what a resumed build restores)."""
+        return list(self.pending), self.size
+
+    def load_state_dict(self, state: tuple[list[np.ndarray], int]) -> None:
+        self.pending, self.size = list(state[0]), state[1]
+
     def _write_pending(self) -> None:
         self.writer.add(np.concatenate(self.pending))
         self.pending, self.size = [], 0
