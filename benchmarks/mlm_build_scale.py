@@ -12,10 +12,15 @@ Contenders, each in a fresh process, with the bert-base-uncased WordPiece tokeni
   process whose tokenizer's own threads use every core);
 - "tokenizers, N threads": the corpus read in ~1 MB chunks of lines, each given to
   `encode_batch_fast` with N threads (`RAYON_NUM_THREADS`), the ids discarded;
+- "one worker on one core": the builder with `num_workers=1` and the tokenizer's own
+  threads off (`RAYON_NUM_THREADS=1`); its MB/s is the corpus over the seconds spent in
+  `process_unit` (reading, keying, tokenising, packing a unit: a worker's whole job), i.e.
+  what each added core brings;
 - "main process ceiling": the builder with `num_workers=1` and tokenising replaced by a
-  stand-in that costs next to nothing (one token per 5 characters), i.e. reading,
-  de-duplication, splitting, packing and writing alone: the most a build can go however
-  many workers tokenise.
+  stand-in that costs next to nothing (one token per 5 characters); its MB/s is the corpus
+  over the seconds spent outside `process_unit` (planning the units, de-duplication,
+  splitting, report counts, shard writes, commits, metadata): the most a build can go
+  however many workers it has.
 Peak memory: the worker's peak RSS plus its largest child's (the tokenising processes).
 """
 
@@ -70,28 +75,38 @@ def generated_corpus(size_mb: int) -> Path:
     return target
 
 
-def builder_worker(corpus: Path, num_workers: int, ceiling: bool) -> dict:
-    """Time the builder end to end (with a stand-in tokeniser for the ceiling)."""
+def builder_worker(corpus: Path, num_workers: int, kind: str) -> dict:
+    """Time the builder end to end; for `kind` "ceiling" (a stand-in tokeniser) or "core"
+    (one thread), time the work outside or inside `process_unit` instead."""
     import numpy as np
 
+    from dataset.text import builder
     from dataset.text import corpus as text_corpus
-    from dataset.text.builder import MLMBuildOptions, build_mlm_dataset
 
-    if ceiling:
-        def stand_in(lines: list[str]) -> text_corpus.TokenizedLines:
+    if kind == "ceiling":
+        def stand_in(lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
             lengths = np.fromiter((len(line) // 5 + 1 for line in lines), dtype=np.int64, count=len(lines))
-            ids = np.full(int(lengths.sum()), 1000, dtype=np.int32)
-            return text_corpus.TokenizedLines(ids, lengths, np.ones(len(lines), dtype=np.int32), {})
+            return np.full(int(lengths.sum()), 1000, dtype=np.int32), lengths
 
-        text_corpus.tokenize_lines = stand_in
+        text_corpus.encode_lines = stand_in
+    inside, process_unit = [0.0], builder.process_unit
+
+    def timed(unit):
+        started = time.perf_counter()
+        result = process_unit(unit)
+        inside[0] += time.perf_counter() - started
+        return result
+
+    builder.process_unit = timed
     with tempfile.TemporaryDirectory(dir=common.CACHE_DIR) as folder:
         start = time.perf_counter()
-        build_mlm_dataset(MLMBuildOptions(
+        builder.build_mlm_dataset(builder.MLMBuildOptions(
             input_files=[str(corpus)], output_dir=str(Path(folder) / "out"), max_seq_length=128,
             tokenizer=str(tokenizer_dir() / "tokenizer.json"), num_workers=num_workers,
         ))  # fmt: skip
         seconds = time.perf_counter() - start
-    return {"seconds": seconds, "mb_per_s": corpus.stat().st_size / 1e6 / seconds}
+    measured = {"ceiling": seconds - inside[0], "core": inside[0]}.get(kind, seconds)
+    return {"seconds": measured, "mb_per_s": corpus.stat().st_size / 1e6 / measured}
 
 
 def raw_worker(corpus: Path, threads: int) -> dict:
@@ -108,14 +123,17 @@ def run_worker(name: str, corpus: Path) -> dict:
     if kind == "raw":
         result = raw_worker(corpus, int(number))
     else:
-        result = builder_worker(corpus, int(number or 1), ceiling=kind == "ceiling")
+        if kind == "core":
+            os.environ["RAYON_NUM_THREADS"] = os.environ["RAYON_RS_NUM_CPUS"] = "1"
+        result = builder_worker(corpus, int(number or 1), kind)
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {**result, "children_max_rss_mb": children}
 
 
 CONTENDERS = {
     "builder, 1 worker": "builder:1", "builder, 2 workers": "builder:2",
-    "tokenizers, 1 thread": "raw:1", "tokenizers, 2 threads": "raw:2", "main process ceiling": "ceiling",
+    "tokenizers, 1 thread": "raw:1", "tokenizers, 2 threads": "raw:2", "one worker on one core": "core",
+    "main process ceiling": "ceiling",
 }  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from tests.test_text_mlm_builder import build, make_documents, write_text
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = (
     "import sys; from core.errors import run_cli; from dataset.text import builder; "
-    "builder.CHUNK_CHARACTERS = 3000; "
+    "builder.CHUNK_CHARACTERS = 3000; from dataset.text import units; units.UNIT_BYTES = 3000; "
     "from dataset.build_text_mlm_dataset import main; run_cli(lambda: main(sys.argv[1:]))"
 )
 PACKINGS = {

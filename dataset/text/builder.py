@@ -10,6 +10,7 @@ so memory does not grow with the corpus.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import shutil
@@ -17,7 +18,7 @@ import signal
 import sys
 import time
 import warnings
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,17 @@ from dataset.text.tokenizer import (
     load_tokenizer,
     new_tokenizer,
     save_tokenizer,
+)
+from dataset.text.units import (
+    LINE_COUNTS,
+    Packed,
+    Unit,
+    UnitResult,
+    UnitWork,
+    init_unit_worker,
+    plan_units,
+    process_unit,
+    unit_documents,
 )
 
 DEFAULT_VOCAB_SIZE = 30000
@@ -275,63 +287,62 @@ def _chunks(documents: Iterator[list[str]], options: MLMBuildOptions) -> Iterato
         yield chunk
 
 
-def part_byte_range(files: list[Path], part: int, num_parts: int) -> tuple[int, int]:
-    """[start, stop) of part `part` of `num_parts`: the inputs' total bytes on disk, in
-    file order, cut into equal ranges (a document belongs to the part where it starts)."""
-    total = sum(path.stat().st_size for path in files)
-    return total * part // num_parts, total * (part + 1) // num_parts
-
-
-def part_documents(reader: CorpusReader, options: MLMBuildOptions) -> Iterator[list[str]]:
-    """The documents of this build's part: all of them for one part; else those that start
-    in `part_byte_range`, reading only the files that overlap it (a part that starts inside
-    a file reads that file from its beginning)."""
-    if options.num_parts == 1:
-        yield from reader.documents()
-        return
-    sizes = [path.stat().st_size for path in reader.files]
-    offsets = np.cumsum([0] + sizes)  # (F + 1,) where each file starts, and the end
-    start, stop = part_byte_range(reader.files, options.part, options.num_parts)
-    overlapping = [index for index in range(len(sizes)) if offsets[index] < stop and offsets[index + 1] >= start]
-    reader.files = [reader.files[index] for index in overlapping]
-    for offset, document in reader.documents_with_offsets([int(offsets[index]) for index in overlapping]):
-        if start <= offset < stop:
-            yield document
+def part_documents(reader: CorpusReader, units: list[Unit]) -> Iterator[list[str]]:
+    """The documents of this build's part (`dataset.text.units.plan_units`), read here."""
+    for unit in units:
+        yield from unit_documents(reader, unit)
 
 
 def tokenized_chunks(chunks: Iterator[_Chunk], tokenizer: Tokenizer, num_workers: int) -> Iterator[_Chunk]:
     """Tokenise chunks in order, in this process or in a pool with a bounded number in flight."""
+    initializer = text_corpus.init_tokenizer_worker
+    for chunk, tokens in in_order(text_corpus.tokenize_lines, chunks, num_workers, initializer, (tokenizer.to_str(),),
+                                  argument=_take_lines):  # fmt: skip
+        chunk.tokens = tokens
+        yield chunk
+
+
+def _take_lines(chunk: _Chunk) -> list[str]:
+    lines, chunk.lines = chunk.lines, None
+    return lines
+
+
+def in_order(function, items: Iterator, num_workers: int, initializer, initargs: tuple, waited: list | None = None,
+             argument=lambda item: item):  # fmt: skip
+    """(item, function(argument(item))) for each item, in order: in this process for one
+    worker (after `initializer(*initargs, True)`: its tokenizer's own threads on), else in
+    a pool of `num_workers` spawned processes (`initializer(*initargs, False)`) with at most
+    two items per worker in flight. `waited[0]` adds up the seconds spent waiting for results."""
     if num_workers == 1:
-        text_corpus.init_tokenizer_worker(tokenizer.to_str(), threads_inside=True)
-        for chunk in chunks:
-            chunk.tokens = text_corpus.tokenize_lines(chunk.lines)
-            chunk.lines = None
-            yield chunk
+        initializer(*initargs, True)
+        for item in items:
+            yield item, function(argument(item))
         return
     # Spawned (not forked) workers: the tokenizers library's thread pool does not survive a fork.
     context = multiprocessing.get_context("spawn")
-    initargs = (tokenizer.to_str(), False)
-    with context.Pool(num_workers, initializer=_init_worker, initargs=initargs) as pool:
+    with context.Pool(num_workers, initializer=_init_worker, initargs=(initializer, *initargs, False)) as pool:
         pending = deque()
-        for chunk in chunks:
-            pending.append((chunk, pool.apply_async(text_corpus.tokenize_lines, (chunk.lines,))))
-            chunk.lines = None
+        for item in items:
+            pending.append((item, pool.apply_async(function, (argument(item),))))
             if len(pending) >= 2 * num_workers:  # bounded: the reader never runs far ahead
-                yield _finished(*pending.popleft())
+                yield _finished(*pending.popleft(), waited)
         while pending:
-            yield _finished(*pending.popleft())
+            yield _finished(*pending.popleft(), waited)
 
 
-def _init_worker(tokenizer_json: str, threads_inside: bool) -> None:
-    """A tokenising worker ignores SIGINT: Ctrl-C reaches the whole process group, and the
-    main process alone stops the build (commits, then closes the pool)."""
+def _init_worker(initializer, *initargs) -> None:
+    """A worker ignores SIGINT: Ctrl-C reaches the whole process group, and the main
+    process alone stops the build (commits, then closes the pool)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    text_corpus.init_tokenizer_worker(tokenizer_json, threads_inside)
+    initializer(*initargs)
 
 
-def _finished(chunk: _Chunk, result) -> _Chunk:
-    chunk.tokens = result.get()
-    return chunk
+def _finished(item, result, waited: list | None):
+    started = time.perf_counter()
+    value = result.get()
+    if waited is not None:
+        waited[0] += time.perf_counter() - started
+    return item, value
 
 
 @dataclass
@@ -345,6 +356,8 @@ class BuildStats:
     """Line lengths of the first training documents, for the `--max-seq-length` advice."""
     num_documents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     seconds: float = 0.0
+    waited: list[float] = field(default_factory=lambda: [0.0])
+    """Seconds this process spent waiting for its workers (with more than one)."""
 
 
 @dataclass
@@ -378,6 +391,26 @@ class _Target:
                 writer.add(segment_a, segment_b, label)
         if self.indexes:
             self.indexes[split].add(key, first_row, writer.num_sequences + writer.rows - first_row)
+
+    def add_unit(self, split_of_document: np.ndarray, result: UnitResult, packed: Packed | None) -> None:
+        """Write the documents of one unit (`split_of_document`: index in SPLITS, -1 to
+        skip), as `add` would one by one: `packed` rows, or with `--packing full` the
+        documents' tokens."""
+        if packed is None:
+            lengths = result.document_tokens
+            split_of_token = np.repeat(split_of_document.astype(np.int8), lengths)
+            for index, split in enumerate(SPLITS):
+                self.packers[split].add_documents(result.tokens[split_of_token == index],
+                                                  lengths[split_of_document == index])  # fmt: skip
+            return
+        split_of_row = np.repeat(split_of_document.astype(np.int8), packed.rows_per_document)
+        split_of_token = np.repeat(split_of_row, packed.row_lengths)
+        for index, split in enumerate(SPLITS):
+            writer, documents = self.writers[split], np.flatnonzero(split_of_document == index)
+            rows = packed.rows_per_document[documents]
+            first_rows = writer.num_sequences + writer.rows + np.cumsum(rows) - rows
+            self.indexes[split].add_many(result.keys[documents], first_rows, rows)
+            writer.add_rows(packed.tokens[split_of_token == index], packed.row_lengths[split_of_row == index])
 
     def finish(self) -> None:
         """Write what the packers and writers still hold, and the document indexes."""
@@ -450,59 +483,146 @@ def write_shards(
     options: MLMBuildOptions, files: list[Path], choice: TokenizerChoice, targets: list[_Target], journal: BuildJournal
 ) -> BuildStats:
     """Stream this part's documents through de-duplication, tokenisation and packing into
-    every target's writers, committing to `journal` after each chunk that completed a shard
-    (and when a stop is asked)."""
+    every target's writers, committing to `journal` after each step that completed a shard
+    (and when a stop is asked).
+
+    Workers do the reading, keying, tokenising and packing of whole units of the inputs
+    (`dataset.text.units`); next-sentence pairs and paragraph de-duplication depend on
+    every document before, so with `--nsp` or `--dedup paragraphs` the documents are read,
+    de-duplicated and packed here and only tokenised in the workers.
+    """
     started = time.perf_counter()
     stats = BuildStats(
         CorpusReader(files, options.on_bad_line, options.text_field), Deduplicator(options.dedup),
         ReportCounter(continuation_mask(choice.tokenizer), choice.special_ids["[UNK]"]),
     )  # fmt: skip
-    # Keys of the documents read but not yet written, in order (only when they are indexed).
-    keys: deque[int] | None = deque() if options.packing != "full" else None
-    documents = _keyed(stats.deduplicator.filter(part_documents(stats.reader, options)), keys)
-    chunks = _chunks(documents, options)
-    done = _resume(journal, chunks, stats, targets, keys)
-    bar = tqdm(total=stats.reader.total_bytes(), unit="B", unit_scale=True, desc="building", disable=None)
-    with bar, closing(tokenized_chunks(chunks, choice.tokenizer, options.num_workers)) as tokenized:
-        for chunk in tokenized:
-            shards = sum(target.num_shards() for target in targets)
-            tokens = chunk.tokens
-            stats.counter.add(chunk.split_of_line(), tokens.ids, tokens.line_lengths, tokens.sentences,
-                              tokens.unknown_characters)  # fmt: skip
-            for split, lines in chunk.documents():
-                stats.num_documents[split] += 1
-                stats.sample.add(split, lines)
-                key = keys.popleft() if keys is not None else None
-                for target in targets:
-                    target.add(split, lines, key)
-            done += 1
-            if sum(target.num_shards() for target in targets) > shards or journal.stop.signal_name:
-                journal.commit(done, {"counter": stats.counter, "num_documents": stats.num_documents,
-                                      "sample": stats.sample, "targets": [target.state_dict() for target in targets]})  # fmt: skip
-                journal.stop.check(options.output_dir)
-            bar.update(stats.reader.counters.bytes_on_disk - bar.n)
+    units = plan_units(files, options.part, options.num_parts)
+    bar = tqdm(total=sum(_unit_bytes(unit) for unit in units), unit="B", unit_scale=True, desc="building",
+               disable=None)  # fmt: skip
+    with bar:
+        if options.nsp or options.dedup == "paragraphs":
+            _write_chunks(options, units, choice, targets, journal, stats, bar)
+        else:
+            _write_units(options, units, choice, targets, journal, stats, bar)
     for target in targets:
         target.finish()
     stats.seconds = time.perf_counter() - started
     return stats
 
 
-def _resume(
-    journal: BuildJournal, chunks: Iterator[_Chunk], stats: BuildStats, targets: list[_Target], keys: deque[int] | None
-) -> int:
-    """Chunks done by a stopped build (0 for a new one): read them again without tokenising
-    them (which rebuilds the reader's counts and the de-duplication set), then restore the
-    packing, indexing and sample state of the last commit."""
+def _unit_bytes(unit: Unit) -> int:
+    return Path(unit.path).stat().st_size if unit.whole_file else unit.stop - unit.start
+
+
+def _commit(journal: BuildJournal, done: int, stats: BuildStats, targets: list[_Target], output_dir: str) -> None:
+    journal.commit(done, {"counter": stats.counter, "num_documents": stats.num_documents, "sample": stats.sample,
+                          "targets": [target.state_dict() for target in targets]})  # fmt: skip
+    journal.stop.check(output_dir)
+
+
+def _load(journal: BuildJournal, stats: BuildStats, targets: list[_Target]) -> int:
+    """Restore the packing, indexing and sample state of the last commit; the steps it had done."""
     done, state = journal.load()
-    for _ in range(done):
-        next(chunks)
-    if keys is not None:
-        keys.clear()  # those chunks' documents are already indexed
     if state is not None:
         stats.counter, stats.num_documents, stats.sample = state["counter"], state["num_documents"], state["sample"]
         for target, target_state in zip(targets, state["targets"]):
             target.load_state_dict(target_state)
     return done
+
+
+def _write_units(options: MLMBuildOptions, units: list[Unit], choice: TokenizerChoice, targets: list[_Target],
+                 journal: BuildJournal, stats: BuildStats, bar: tqdm) -> None:  # fmt: skip
+    """The build with the workers doing all but de-duplication and writing: a unit at a time, in order."""
+    capacities = () if options.packing == "full" else tuple(target.capacity for target in targets)
+    work = UnitWork(options.on_bad_line, options.text_field, options.seed, capacities,
+                    np.dtype(targets[0].writers["train"].dtype).name)  # fmt: skip
+    done = _load(journal, stats, targets)
+    tokenizer_json = choice.tokenizer.to_str()
+    # A resumed build reads its finished units again (keys only) for the de-duplication set and the read counts.
+    replay = dataclasses.replace(work, keys_only=True)
+    for _, result in in_order(process_unit, iter(units[:done]), options.num_workers, init_unit_worker,
+                              (tokenizer_json, replay)):  # fmt: skip
+        stats.reader.counters.add(result.counters)
+        stats.deduplicator.keep(result.keys)
+        bar.update(stats.reader.counters.bytes_on_disk - bar.n)
+    results = closing(in_order(process_unit, iter(units[done:]), options.num_workers, init_unit_worker,
+                               (tokenizer_json, work), stats.waited))  # fmt: skip
+    with results as ordered:
+        _write_results(ordered, done, options, stats, targets, journal, bar)
+
+
+def _write_results(results, done: int, options: MLMBuildOptions, stats: BuildStats, targets: list[_Target],
+                   journal: BuildJournal, bar: tqdm) -> None:  # fmt: skip
+    """Write each unit's documents; commit after those that completed a shard."""
+    for step, (unit, result) in enumerate(results, start=done + 1):
+        shards = sum(target.num_shards() for target in targets)
+        stats.reader.counters.add(result.counters)
+        split_of_document = _split_of_documents(result, stats, options)
+        for target, packed in zip(targets, result.packed or [None] * len(targets)):
+            target.add_unit(split_of_document, result, packed)
+        if sum(target.num_shards() for target in targets) > shards or journal.stop.signal_name:
+            _commit(journal, step, stats, targets, options.output_dir)
+        bar.update(_unit_bytes(unit))
+
+
+def _split_of_documents(result: UnitResult, stats: BuildStats, options: MLMBuildOptions) -> np.ndarray:
+    """int64 [documents]: each document's index in SPLITS, -1 for a repeat; counted in `stats`."""
+    kept = stats.deduplicator.keep(result.keys)
+    test = result.test_fractions < options.test_split if options.test_split > 0 else np.zeros(len(kept), dtype=bool)
+    if options.part == 0 and sum(stats.num_documents.values()) == 0 and kept.any():
+        test[np.argmax(kept)] = False  # a build's first document trains: a tiny corpus still trains
+    split_of_document = np.where(kept, test.astype(np.int64), -1)
+    split_of_line = np.repeat(split_of_document, result.lines_per_document)
+    unknown: Counter[str] = Counter()
+    for line, characters in result.unknown_characters.items():
+        if split_of_line[line] >= 0:
+            unknown.update(characters)
+    stats.counter.add_lines(split_of_line, dict(zip(LINE_COUNTS, result.line_counts)), unknown)
+    for index, split in enumerate(SPLITS):
+        stats.num_documents[split] += int((split_of_document == index).sum())
+    if not stats.sample.full:
+        line_ends = np.cumsum(result.lines_per_document)
+        for document in np.flatnonzero(split_of_document == 0).tolist():
+            stats.sample.add_lengths(result.line_counts[0][line_ends[document] - result.lines_per_document[document]
+                                                           : line_ends[document]])  # fmt: skip
+            if stats.sample.full:
+                break
+    return split_of_document
+
+
+def _write_chunks(options: MLMBuildOptions, units: list[Unit], choice: TokenizerChoice, targets: list[_Target],
+                  journal: BuildJournal, stats: BuildStats, bar: tqdm) -> None:  # fmt: skip
+    """The build with documents read, de-duplicated and packed here, chunks tokenised by the workers."""
+    # Keys of the documents read but not yet written, in order (only when they are indexed).
+    keys: deque[int] | None = deque() if options.packing != "full" else None
+    documents = _keyed(stats.deduplicator.filter(part_documents(stats.reader, units)), keys)
+    chunks = _chunks(documents, options)
+    done = _load(journal, stats, targets)
+    for _ in range(done):  # read again without tokenising: the de-duplication set and the read counts
+        next(chunks)
+    if keys is not None:
+        keys.clear()  # those chunks' documents are already indexed
+    with closing(tokenized_chunks(chunks, choice.tokenizer, options.num_workers)) as tokenized:
+        _write_tokenized_chunks(tokenized, done, keys, options, stats, targets, journal, bar)
+
+
+def _write_tokenized_chunks(tokenized, done: int, keys: deque[int] | None, options: MLMBuildOptions,
+                            stats: BuildStats, targets: list[_Target], journal: BuildJournal, bar: tqdm) -> None:  # fmt: skip
+    """Write each chunk's documents; commit after those that completed a shard."""
+    for step, chunk in enumerate(tokenized, start=done + 1):
+        shards = sum(target.num_shards() for target in targets)
+        tokens = chunk.tokens
+        stats.counter.add(chunk.split_of_line(), tokens.ids, tokens.line_lengths, tokens.sentences,
+                          tokens.unknown_characters)  # fmt: skip
+        for split, lines in chunk.documents():
+            stats.num_documents[split] += 1
+            stats.sample.add(split, lines)
+            key = keys.popleft() if keys is not None else None
+            for target in targets:
+                target.add(split, lines, key)
+        if sum(target.num_shards() for target in targets) > shards or journal.stop.signal_name:
+            _commit(journal, step, stats, targets, options.output_dir)
+        bar.update(stats.reader.counters.bytes_on_disk - bar.n)
 
 
 def write_dataset(

@@ -233,6 +233,14 @@ class ReadCounters:
     files_by_format: dict[str, int] = field(default_factory=dict)
     """Input files read, by detected format."""
 
+    def add(self, other: ReadCounters) -> None:
+        """Add another reader's totals (a worker's, for one unit of a build)."""
+        for name, value in vars(other).items():
+            if name != "files_by_format":
+                setattr(self, name, getattr(self, name) + value)
+        for kind, count in other.files_by_format.items():
+            self.files_by_format[kind] = self.files_by_format.get(kind, 0) + count
+
 
 class CorpusReader:
     """Streams the documents of a list of files; each document is a list of normalised lines."""
@@ -244,6 +252,9 @@ class CorpusReader:
         self.on_bad_line = on_bad_line
         self.text_field = text_field
         self.counters = ReadCounters()
+        self.byte_range: tuple[int, int] | None = None
+        """Set by `range_documents`: the [start, stop) of an uncompressed file that `_lines` reads."""
+        self._lines_before: int | None = None
 
     def total_bytes(self) -> int:
         """Size of all input files on disk (the progress bar's total)."""
@@ -272,6 +283,29 @@ class CorpusReader:
             for document in self._file_documents(path):
                 yield start, document
                 start = file_offset + self.counters.bytes_on_disk - before
+
+    def range_documents(self, path: Path, kind: str, start: int, stop: int) -> Iterator[list[str]]:
+        """The documents of bytes [start, stop) of an uncompressed file in format `kind`;
+        both ends must be places where its reader holds no document (`dataset.text.units.safe_cut`),
+        so consecutive ranges give the documents of the whole file. Line numbers in errors
+        still count from the file's start."""
+        self.byte_range, self._lines_before = (start, stop), None
+        try:
+            for document in FORMATS[kind].read(self, path):
+                self.counters.documents += 1
+                yield document
+        finally:
+            self.byte_range = None
+
+    def _line_label(self, path: Path, line_number: int) -> int:
+        """The line number in the whole file of line `line_number` of the range being read
+        (counted only when an error needs it)."""
+        if self.byte_range is None or self.byte_range[0] == 0:
+            return line_number
+        if self._lines_before is None:
+            with open(path, "rb") as raw:
+                self._lines_before = sum(block.count(b"\n") for block in _blocks(raw, self.byte_range[0]))
+        return self._lines_before + line_number
 
     def _paragraphs(self, text: str) -> Iterator[list[str]]:
         """The normalised lines of one row's text, in pieces of at most `MAX_DOCUMENT_LINES`."""
@@ -323,7 +357,7 @@ class CorpusReader:
             problem = f"has no string field {self.text_field!r} (fields: {fields}; choose one with --text-field)"
         if problem is None:
             return row[self.text_field]
-        return self._bad_row(f"{path}:{line_number}: row is {problem}")
+        return self._bad_row(f"{path}:{self._line_label(path, line_number)}: row is {problem}")
 
     def _bad_row(self, message: str) -> None:
         if self.on_bad_line == "error":
@@ -342,12 +376,12 @@ class CorpusReader:
                     found = _DOC_TITLE.search(stripped)
                     document, title = [], html.unescape(found.group(1)) if found else None
                 elif stripped:
-                    self._bad_row(f"{path}:{line_number}: text outside a <doc> block (is it WikiExtractor output?)")
+                    self._bad_row(f"{path}:{self._line_label(path, line_number)}: text outside a <doc> block (is it WikiExtractor output?)")
             elif stripped == "</doc>":
                 yield from self._paragraphs("\n".join(document))
                 document = None
             elif _DOC_OPEN.fullmatch(stripped):
-                self._bad_row(f"{path}:{line_number}: a <doc> block opens inside another (no </doc> before it)")
+                self._bad_row(f"{path}:{self._line_label(path, line_number)}: a <doc> block opens inside another (no </doc> before it)")
                 yield from self._paragraphs("\n".join(document))
                 document = []
             elif title is not None and stripped:  # WikiExtractor repeats the title as the first line
@@ -385,7 +419,11 @@ class CorpusReader:
                 consumed = position
 
     def _lines(self, path: Path) -> Iterator[tuple[int, str]]:
-        """(1-based line number, decoded line) of a file; checks UTF-8 and binary content."""
+        """(1-based line number, decoded line) of a file, or of its `byte_range`; checks
+        UTF-8 and binary content."""
+        if self.byte_range is not None:
+            yield from self._range_lines(path, *self.byte_range)
+            return
         with open_decompressed(path) as (stream, raw):
             offset, consumed = 0, 0
             try:
@@ -400,6 +438,18 @@ class CorpusReader:
             except (OSError, EOFError, zlib.error) as error:
                 raise UserError(f"{path}: cannot read it ({error}); is the file truncated or corrupt?") from None
 
+    def _range_lines(self, path: Path, start: int, stop: int) -> Iterator[tuple[int, str]]:
+        """`_lines` of bytes [start, stop) of an uncompressed file (line numbers from `start`)."""
+        with open(path, "rb") as raw:
+            raw.seek(start)
+            offset = start
+            for line_number, data in enumerate(_range_reader(raw, stop - start), start=1):
+                text = self._decode(path, data, offset, line_number)
+                if text is not None:
+                    yield line_number, text
+                offset += len(data)
+                self.counters.bytes_on_disk += len(data)
+
     def _decode(self, path: Path, data: bytes, offset: int, line_number: int) -> str | None:
         """One line as text; None for a skipped bad line, else a `UserError` saying where
         the file stops being UTF-8 text."""
@@ -411,7 +461,7 @@ class CorpusReader:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as error:
                 raise UserError(
-                    f"{path} is not UTF-8 text (byte offset {offset + error.start}, line {line_number}); "
+                    f"{path} is not UTF-8 text (byte offset {offset + error.start}, line {self._line_label(path, line_number)}); "
                     "convert it, e.g. with iconv -t utf-8, or pass --on-bad-line skip"
                 ) from None
         except UserError:
@@ -422,6 +472,31 @@ class CorpusReader:
         if offset == 0 and text.startswith("\ufeff"):
             text = text[1:]
         return text
+
+
+def _blocks(raw: IO[bytes], size: int, block: int = 1 << 20) -> Iterator[bytes]:
+    """The next `size` bytes of `raw`, in blocks."""
+    while size > 0:
+        data = raw.read(min(block, size))
+        if not data:
+            return
+        size -= len(data)
+        yield data
+
+
+def _range_reader(raw: IO[bytes], size: int) -> Iterator[bytes]:
+    """The lines (with their line breaks) of the next `size` bytes of `raw`."""
+    pieces: list[bytes] = []  # of a line not yet ended (a long line spans blocks)
+    for data in _blocks(raw, size):
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            pieces.append(data[start : end + 1])
+            yield b"".join(pieces)
+            pieces, start = [], end + 1
+        if start < len(data):
+            pieces.append(data[start:])
+    if pieces:
+        yield b"".join(pieces)
 
 
 @contextmanager
@@ -509,6 +584,21 @@ class Deduplicator:
         self.seen: set[int] = set()
         self.removed_documents = 0
         self.removed_paragraphs = 0
+
+    def keep(self, keys: np.ndarray) -> np.ndarray:
+        """bool [documents]: whether each document, given by its `document_key`, remains
+        (modes `documents` and `none`; the same decisions as `filter`)."""
+        if self.mode == "paragraphs":
+            raise ValueError("paragraph de-duplication needs the lines: use filter()")
+        if self.mode == "none":
+            return np.ones(len(keys), dtype=bool)
+        unique, first = np.unique(keys, return_index=True)  # each key's first place in `keys`
+        fresh = set(unique.tolist()).difference(self.seen)  # set operations: no Python loop per key
+        self.seen.update(fresh)
+        kept = np.zeros(len(keys), dtype=bool)
+        kept[first[np.isin(unique, np.fromiter(fresh, dtype=np.uint64, count=len(fresh)))]] = True
+        self.removed_documents += len(keys) - len(fresh)
+        return kept
 
     def filter(self, documents: Iterator[list[str]]) -> Iterator[list[str]]:
         """The documents that remain, in order."""
@@ -600,20 +690,38 @@ def init_tokenizer_worker(tokenizer_json: str, threads_inside: bool) -> None:
 
 def tokenize_lines(lines: list[str]) -> TokenizedLines:
     """Token ids of `lines` (no special tokens) and the figures the corpus report needs."""
+    ids, lengths = encode_lines(lines)
+    unknown: Counter[str] = Counter()
+    for counts in unknown_characters_by_line(lines, ids, lengths).values():
+        unknown.update(counts)
+    return TokenizedLines(ids, lengths, sentence_counts(lines), dict(unknown))
+
+
+def encode_lines(lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 token ids of `lines` concatenated, int64 tokens per line), no special tokens."""
     encodings = _worker.tokenizer.encode_batch_fast(lines, add_special_tokens=False)
     lengths = np.fromiter((len(encoding.ids) for encoding in encodings), dtype=np.int64, count=len(encodings))
     ids = np.fromiter(
         (token for encoding in encodings for token in encoding.ids), dtype=np.int32, count=int(lengths.sum())
     )
-    sentences = np.fromiter((max(1, len(_SENTENCE_END.findall(line))) for line in lines), dtype=np.int32,
-                            count=len(lines))  # fmt: skip
-    unknown: Counter[str] = Counter()
+    return ids, lengths
+
+
+def sentence_counts(lines: list[str]) -> np.ndarray:
+    """int32 [lines]: sentences per line (terminal punctuation, at least one)."""
+    return np.fromiter((max(1, len(_SENTENCE_END.findall(line))) for line in lines), dtype=np.int32, count=len(lines))
+
+
+def unknown_characters_by_line(lines: list[str], ids: np.ndarray, lengths: np.ndarray) -> dict[int, Counter[str]]:
+    """For each line that produced [UNK] (WordPiece only): its characters outside the vocabulary's alphabet."""
+    found: dict[int, Counter[str]] = {}
     if _worker.alphabet is not None and _worker.unk_id is not None:
         line_of_token = np.repeat(np.arange(len(lines)), lengths)  # (tokens,)
         for index in np.unique(line_of_token[ids == _worker.unk_id]):
-            for word in _unknown_words(lines[index]):
-                unknown.update(char for char in word if char not in _worker.alphabet)
-    return TokenizedLines(ids, lengths, sentences, dict(unknown))
+            counts = Counter(char for word in _unknown_words(lines[index]) for char in word
+                             if char not in _worker.alphabet)  # fmt: skip
+            found[int(index)] = counts
+    return found
 
 
 def _unknown_words(line: str) -> Iterator[str]:

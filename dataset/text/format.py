@@ -271,6 +271,14 @@ class DocumentIndexWriter:
         if len(self._buffer) >= DOCUMENT_BUFFER:
             self._spill()
 
+    def add_many(self, keys: np.ndarray, first_rows: np.ndarray, num_rows: np.ndarray) -> None:
+        """`add` for many documents at once (arrays of equal length), written to disk at once."""
+        records = np.empty(len(keys), dtype=DOCUMENT_RECORD)
+        records["key"], records["first_row"], records["num_rows"] = keys, first_rows, num_rows
+        self._spill()
+        records.tofile(self._file)
+        self.count += len(records)
+
     def _spill(self) -> None:
         if self._file is None:
             self._file = open(self._scratch, "wb")  # noqa: SIM115 - closed by close()
@@ -337,6 +345,26 @@ class ShardWriter:
         self.num_tokens += end
         if self.rows == self.shard_size:
             self.flush()
+
+    def add_rows(self, tokens: np.ndarray, row_lengths: np.ndarray) -> None:
+        """Append `[CLS] A [SEP]` for many rows at once, as `add` would one by one (`tokens`:
+        the rows' text tokens one after another; `row_lengths`: int64 tokens per row)."""
+        first = offset = 0
+        columns = np.arange(self.seq_len)  # (L,)
+        while first < len(row_lengths):
+            count = min(len(row_lengths) - first, self.shard_size - self.rows)
+            lengths = row_lengths[first : first + count]  # (count,)
+            size = int(lengths.sum())
+            rows = self.ids[self.rows : self.rows + count]  # (count, L) view
+            # Row-major order of the text positions is the order of `tokens`.
+            rows[(columns >= 1) & (columns <= lengths[:, None])] = tokens[offset : offset + size]
+            rows[:, 0], rows[np.arange(count), 1 + lengths] = self.cls_id, self.sep_id
+            self.nsp_labels[self.rows : self.rows + count] = IGNORE_LABEL_ID
+            self.rows += count
+            self.num_tokens += size + 2 * count
+            first, offset = first + count, offset + size
+            if self.rows == self.shard_size:
+                self.flush()
 
     def flush(self) -> None:
         """Write the buffered rows as the next shard (and its companions)."""

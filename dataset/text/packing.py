@@ -18,6 +18,8 @@ PACKINGS = ("full", "documents")
 NSP_RANDOM_POOL = 10_000
 """Segments of recent documents kept per split to draw random NSP segments from."""
 NSP_STREAM_KEY = 17
+_MARKER = -1
+"""Stands for the empty last place of a sequence closed early (`FullPacker.add_documents`)."""
 
 
 def pack_lines(lines: list[np.ndarray], capacity: int) -> list[np.ndarray]:
@@ -155,6 +157,30 @@ class FullPacker:
                 self.writer.add(stream[start : start + self.capacity])
             self.pending = [stream[full:]] if full < len(stream) else []
             self.size = len(stream) - full
+
+    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """`add` for many documents at once: `tokens` holds them one after another, `lengths`
+        (int64) their sizes. The same sequences as `add`, assembled with array operations:
+        a separator goes before a document that continues a sequence, and a document that
+        would start one token short of the end closes the sequence early (a marker takes
+        that last place, so that the stream cuts into sequences every `capacity` tokens)."""
+        lengths = lengths[lengths > 0]
+        tokens = tokens.astype(np.int64)
+        size, extra = self.size, np.zeros(len(lengths), dtype=np.int64)  # extra: 0, separator 1, marker 2
+        for index, length in enumerate(lengths.tolist()):
+            if size == self.capacity - 1:
+                extra[index], size = 2, 0
+            elif size:
+                extra[index], size = 1, size + 1
+            size = (size + length) % self.capacity
+        where = (np.cumsum(lengths) - lengths)[extra > 0]
+        inserted = np.where(extra[extra > 0] == 1, int(self.separator[0]), _MARKER)
+        stream = np.concatenate([*(part.astype(np.int64) for part in self.pending), np.insert(tokens, where, inserted)])
+        full = len(stream) - len(stream) % self.capacity
+        rows = stream[:full].reshape(-1, self.capacity)  # (rows, capacity)
+        self.writer.add_rows(rows[rows != _MARKER], self.capacity - (rows[:, -1] == _MARKER).astype(np.int64))
+        self.pending = [stream[full:].astype(np.int32)] if full < len(stream) else []
+        self.size = len(stream) - full
 
     def finish(self) -> None:
         """Write the last, partly filled sequence."""

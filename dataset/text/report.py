@@ -60,6 +60,16 @@ class ReportCounter:
                 self.counts[name][split] += int(in_split.sum() if flags is None else (flags & in_split).sum())
         self.unknown_characters.update(unknown_characters)
 
+    def add_lines(self, split_of_line: np.ndarray, counts: dict[str, np.ndarray], unknown_characters: Counter) -> None:
+        """Count lines already counted one by one (`counts`: a count name -> its value per
+        line); `split_of_line` is 0 (train), 1 (test) or -1 (not kept) per line."""
+        for index, split in enumerate(SPLITS):
+            in_split = split_of_line == index
+            self.counts["lines"][split] += int(in_split.sum())
+            for name, values in counts.items():
+                self.counts[name][split] += int(values[in_split].sum())
+        self.unknown_characters.update(unknown_characters)
+
     def report(self, metadata: MLMDatasetMetadata, read: ReadCounters, deduplicator: Deduplicator) -> CorpusReport:
         """The finished report (the metadata gives documents, sequences and tokens per split)."""
         total = {name: sum(values.values()) for name, values in self.counts.items()}
@@ -113,8 +123,27 @@ class DocumentSample:
     def add(self, split: str, lines: list[np.ndarray]) -> None:
         """Keep the line lengths of one document (`lines`: token ids per line) while there is room."""
         if split == "train" and self.num_lines < SAMPLE_LINES:
-            self.documents.append(np.array([len(line) for line in lines], dtype=np.int64))
-            self.num_lines += len(lines)
+            self.add_lengths(np.array([len(line) for line in lines], dtype=np.int64))
+
+    @property
+    def full(self) -> bool:
+        return self.num_lines >= SAMPLE_LINES
+
+    def __getstate__(self) -> dict:
+        """One array for all documents: a resumable build pickles the sample at every commit."""
+        counts = np.array([len(lengths) for lengths in self.documents], dtype=np.int64)
+        flat = np.concatenate(self.documents) if self.documents else np.zeros(0, dtype=np.int64)
+        return {"lengths": flat, "counts": counts, "num_lines": self.num_lines}
+
+    def __setstate__(self, state: dict) -> None:
+        self.documents = np.split(state["lengths"], np.cumsum(state["counts"])[:-1]) if len(state["counts"]) else []
+        self.num_lines = state["num_lines"]
+
+    def add_lengths(self, line_lengths: np.ndarray) -> None:
+        """Keep the line lengths (tokens) of one training document while there is room."""
+        if not self.full:
+            self.documents.append(line_lengths)
+            self.num_lines += len(line_lengths)
 
     def fill(self, max_seq_length: int, nsp: bool) -> float:
         """Estimated fill rate of these documents built at `max_seq_length`: each packed
