@@ -10,8 +10,12 @@ multiple of 8, timed over `--batches` batches after two warm-up batches (1 threa
 dataset is 2^20 rows (16 shards of 65,536, 256 MB), the rows of wikitext-2 validation
 packed by the builder (bert-base-uncased vocabulary) repeated: "packed" keeps them (every
 row full, as the builder packs), "short" cuts each to 16-120 tokens (no row full: the
-trimmed width then needs every rank's lengths, the worst case), with the builder's
-`.lengths.npy` next to each shard. A worker reports its median batch. "before" runs the checkout given by `--before` in a
+trimmed width is then below the full length), with the builder's `.lengths.npy` next to
+each shard. A worker reports its median batch. Since the widths are agreed by the
+training loop (`training.prefetch.widened_to_every_rank`: one all-reduce of one number
+per step, and on the ranks whose rows are shorter than the widest a copy of their batch
+into the wider one on the device), neither is in these figures; "before" decided the
+width inside the stream, from the lengths of the whole global batch. "before" runs the checkout given by `--before` in a
 fresh process (PYTHONPATH pointing at it), "after" this one, interleaved round by round.
 
 The order: a fresh process builds `EpochOrder(seed, n)` and asks for 256 rows at a time:
