@@ -333,7 +333,9 @@ def fit(state: TrainState, ctx: RunContext) -> None:
     try:
         while state.step < last_step and not stopping:
             with meter.waiting():
-                item = widened_to_every_rank(next(batches), state.stream.column_padding, ctx.dist.device)
+                item = next(batches)
+            # Outside the data wait: on CUDA the all-reduce also waits for the last step's queued work.
+            item = widened_to_every_rank(item, state.stream.column_padding, ctx.dist.device)
             counts = ctx.plugin.count_batch(item.host)
             stopping = train_step(state, ctx, item.device, stop, accumulator, counts["tokens"])
             state.stream_state = item.stream_state
