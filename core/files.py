@@ -1,9 +1,15 @@
-"""Atomic writes: a reader sees the old content or the new, never half of either.
+"""Atomic writes: a reader sees the old content or the new, never half of either; and
+small metadata files read once per process.
 
 `atomic_file` writes a file, `atomic_folder` a folder, both through a hidden temporary
 beside the target that is renamed over it only when complete. With `durable=True` a
 folder's files are flushed to disk (fsync) before the rename, so a crash or power loss
 right after cannot leave an empty or truncated target either (checkpoints use it).
+
+`read_once` serves a file's bytes from memory after its first read while the file keeps
+its size and modification time: a dataset's `dataset.json` (megabytes for 10,000 shards,
+on a shared file system that 256 ranks hit at once) is wanted at start-up, by the
+training stream, by each evaluation and by each checkpoint's copy.
 """
 
 from __future__ import annotations
@@ -46,6 +52,23 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` (UTF-8), atomically."""
     with atomic_file(path) as file:
         file.write(text)
+
+
+_READ_ONCE: dict[str, tuple[int, int, bytes]] = {}
+"""Absolute path -> (size, modification time in ns, bytes) of the files `read_once` has read."""
+
+
+def read_once(path: str | os.PathLike) -> bytes:
+    """The bytes of `path`, opened at most once per process while its size and modification
+    time stay the same (a rewritten file is read again); meant for small metadata files."""
+    key = os.path.abspath(path)
+    status = os.stat(key)
+    cached = _READ_ONCE.get(key)
+    if cached is None or cached[:2] != (status.st_size, status.st_mtime_ns):
+        with open(key, "rb") as file:
+            cached = (status.st_size, status.st_mtime_ns, file.read())
+        _READ_ONCE[key] = cached
+    return cached[2]
 
 
 @contextlib.contextmanager

@@ -12,8 +12,8 @@ whatever the number of processes, and the position in the stream is a few intege
 a checkpoint stores (`state_dict`) to resume exactly.
 
 Batches are dicts of numpy arrays, batch-first; the loop moves them to the device. The
-loaders of every family share `open_npy` (reading a stored array) and `trimmed_width`
-(cutting a batch's trailing padding) from here.
+loaders of every family share `open_npy` (reading a stored array), `trimmed_width`
+(cutting a batch's trailing padding) and `token_column_padding` (what fills it back) from here.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from core.batching import BatchLayout
+from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -37,6 +38,12 @@ class TrainStream(Protocol):
 
     examples_per_epoch: float
     """Examples in one pass over the data; the loop derives the number of steps from it."""
+    column_padding: dict[str, int] | None
+    """None when every rank's batch of a step has the same width. Otherwise each rank's
+    (b, width) arrays are cut after its own rows' longest (a cost that grows with the local
+    batch only), and this says what each of them holds past the end of a row, by key; the
+    loop widens every rank's batch to the widest (one all-reduce of one number a step), so
+    each rank trains on exactly its slice of the single-process batch."""
 
     def next_batch(self) -> Batch:
         """Return this rank's slice of the next global batch."""
@@ -199,6 +206,12 @@ def padded_width(longest: int, length: int, multiple: int) -> int:
     """Columns to keep for rows of at most `longest` real tokens: `longest` rounded up to
     `multiple`, at least one multiple, at most the stored length `length`."""
     return min(length, -(-max(longest, 1) // multiple) * multiple)
+
+
+def token_column_padding(pad_id: int) -> dict[str, int]:
+    """What the (b, width) arrays of a tokenised batch hold past the end of a row: the pad
+    id, no attention, segment 0, no label (a `TrainStream.column_padding`)."""
+    return {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0, "labels": IGNORE_LABEL_ID}
 
 
 def trimmed_width(ids: np.ndarray, pad_id: int, multiple: int) -> int:

@@ -4,7 +4,9 @@ de-duplication across parts (issue 19)."""
 from __future__ import annotations
 
 import builtins
+import io
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -37,7 +39,7 @@ def test_ten_thousand_shards_start_without_opening_them(tmp_path, monkeypatch):
     data = make_mlm_dataset(tmp_path / "data", num_documents=20, max_seq_length=16)
     _split_into_one_row_shards(data, NUM_SHARDS)
     opened = Counter()  # opens per file under the dataset folder
-    real_open = builtins.open
+    real_open = io.open
 
     def counting_open(file, *args, **kwargs):
         path = Path(str(file))
@@ -46,6 +48,7 @@ def test_ten_thousand_shards_start_without_opening_them(tmp_path, monkeypatch):
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(io, "open", counting_open)  # what pathlib's read_text and read_bytes call
     launch(compose_config(TINY_BERT + [f"data_paths=[{data}]", f"+checkpoint_path={tmp_path / 'run'}",
                                        "global_batch_size=8", "epochs=1", "max_steps=1", "checkpoint_every_eval=false"]))
     # One step of 8 rows reads at most 8 one-row train shards (np.load and its memory map
@@ -53,7 +56,30 @@ def test_ten_thousand_shards_start_without_opening_them(tmp_path, monkeypatch):
     train_shards = [name for name in opened if name.startswith("train/")]
     assert 0 < len(train_shards) <= 8, opened
     assert sum(opened[name] for name in train_shards) <= 3 * 8, opened
-    assert opened["dataset.json"] <= 4, opened  # metadata, model sizing, the stream, the checkpoint's copy
+    # Once per process: model sizing, the stream, the evaluation and the checkpoint's copy share one read.
+    assert opened["dataset.json"] == 1, opened
+
+
+
+def test_read_once_reads_again_only_a_changed_file(tmp_path, monkeypatch):
+    from core import files
+
+    path = tmp_path / "dataset.json"
+    path.write_text('{"a": 1}')
+    reads, real_open = [], builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        reads.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    assert files.read_once(path) == files.read_once(str(path)) == b'{"a": 1}' and len(reads) == 1
+    path.write_bytes(b'{"a": 22}')  # another size
+    assert files.read_once(path) == b'{"a": 22}' and len(reads) == 2
+    stat = path.stat()
+    path.write_bytes(b'{"a": 33}')  # the same size, another modification time
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert files.read_once(path) == b'{"a": 33}' and len(reads) == 3
 
 
 WORDS = "the cat dog sat on a mat ran fast slow big small red blue green tree house".split()

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from core.constants import IGNORE_LABEL_ID
-from dataset.stream import EpochOrder
-from dataset.text.loader import MLMTrainStream
+from dataset.stream import EpochOrder, padded_width
+from dataset.text.loader import MLMTrainStream, iter_mlm_eval_batches
 from dataset.text.masking import Masker, MaskingConfig
 from models.bert.config import BertConfig, BertLossConfig
 from models.bert.model import Bert
@@ -109,47 +109,31 @@ def test_trimmed_batches_are_the_full_ones_without_their_padding_columns(tmp_pat
     assert min(widths) < 64  # something was trimmed
 
 
-def write_lengths(root, value=None):
-    """The builder's `.lengths.npy` next to each train shard: real tokens per row (or `value`)."""
-    for shard in sorted((root / "train").glob("shard_?????.npy")):
+def write_lengths(root, split, value=None):
+    """The builder's `.lengths.npy` next to each shard of `split`: real tokens per row (or `value`)."""
+    for shard in sorted((root / split).glob("shard_?????.npy")):
         ids = np.load(shard)
         lengths = (ids != PAD).sum(axis=1) if value is None else np.full(len(ids), value)
         np.save(shard.with_name(shard.name.replace(".npy", ".lengths.npy")), lengths.astype(np.uint16))
 
 
-@pytest.mark.parametrize("stored_lengths", [False, True])
-def test_trimming_is_decided_on_the_global_batch(tmp_path, stored_lengths):
-    """1, 2 and 3 processes: the same widths, masks and batches (rank slices of one)."""
-    write_dataset(tmp_path, 40, 0, seq_len=64)
-    if stored_lengths:
-        write_lengths(tmp_path)
-    make = lambda rank, world: MLMTrainStream([str(tmp_path)], 0, 12, rank, world, MaskingConfig(), trim_to_multiple=8)
-    single = take(make(0, 1), 8)
-    for world in (2, 3):
-        ranks = [take(make(rank, world), 8) for rank in range(world)]
-        for whole, *parts in zip(single, *ranks):
-            assert all(part["input_ids"].shape == (12 // world, whole["input_ids"].shape[1]) for part in parts)
-            for key in whole:
-                np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), whole[key])
-    widths = [batch["input_ids"].shape[1] for batch in single]
-    assert min(widths) < 64 == max(widths)  # both ways of deciding were taken
-
-
-def test_other_ranks_rows_are_judged_by_their_stored_lengths(tmp_path):
-    write_dataset(tmp_path, 40, 0, seq_len=64)
-    make = lambda world: MLMTrainStream([str(tmp_path)], 0, 12, 0, world, MaskingConfig(), trim_to_multiple=8)
-    honest = [batch["input_ids"].shape[1] for batch in take(make(2), 8)]
-    write_lengths(tmp_path, value=64)  # claims every row is full: the width follows the claim
-    assert min(honest) < 64
-    assert [batch["input_ids"].shape[1] for batch in take(make(2), 8)] == [64] * 8
-    # One process sees every row's ids itself and never consults the stored lengths.
-    assert [batch["input_ids"].shape[1] for batch in take(make(1), 8)] == honest
+def test_evaluation_judges_the_global_batch_by_its_stored_lengths(tmp_path):
+    """An evaluation batch is cut to its global batch's width, read from the test shards'
+    `.lengths.npy` where the builder wrote them (their ids otherwise)."""
+    write_dataset(tmp_path, 4, 40, seq_len=64)
+    widths = lambda: [batch["input_ids"].shape[1] for _, batch in
+                      iter_mlm_eval_batches([str(tmp_path)], 12, 0, 2, MaskingConfig(), trim_to_multiple=8)]
+    honest = widths()
+    write_lengths(tmp_path, "test")
+    assert widths() == honest and min(honest) < 64
+    write_lengths(tmp_path, "test", value=64)  # claims every row is full: the width follows the claim
+    assert widths() == [64] * len(honest)
 
 
 @pytest.mark.parametrize("full_rows", [True, False])
 def test_a_rank_orders_and_masks_only_its_own_rows(tmp_path, monkeypatch, full_rows):
-    """Rank 1 of 4 asks the order for its own 3 positions and draws 3 rows of masks; only
-    when none of its rows is full does it also read the global batch's lengths."""
+    """Rank 1 of 4 asks the order for its own 3 positions and draws 3 rows of masks, whether
+    one of its rows is full or none is (its width is then its own rows')."""
     write_dataset(tmp_path, 40, 0, seq_len=64)
     if full_rows:  # every row [CLS] w ... w [SEP], no padding
         for shard in (tmp_path / "train").glob("shard_?????.npy"):
@@ -162,12 +146,11 @@ def test_a_rank_orders_and_masks_only_its_own_rows(tmp_path, monkeypatch, full_r
     monkeypatch.setattr(EpochOrder, "rows", lambda self, start, count: asked.append(count) or rows(self, start, count))
     monkeypatch.setattr(Masker, "draw_keyed", staticmethod(lambda *a: drawn.append(len(a[2])) or draw(*a)))
     stream = MLMTrainStream([str(tmp_path)], 0, 12, 1, 4, MaskingConfig(), trim_to_multiple=8)
-    widths = [batch["input_ids"].shape[1] for batch in take(stream, 5)]
-    assert drawn == [3] * 5
-    if full_rows:
-        assert asked == [3] * 5 and widths == [64] * 5
-    else:
-        assert asked.count(3) == 5 and set(asked) <= {3, 12} and 12 in asked
+    batches = take(stream, 5)
+    assert drawn == [3] * 5 and asked == [3] * 5
+    own_widths = [padded_width(int(batch["attention_mask"].sum(axis=1).max()), 64, 8) for batch in batches]
+    assert [batch["input_ids"].shape[1] for batch in batches] == own_widths
+    assert own_widths == [64] * 5 if full_rows else min(own_widths) < 64
 
 
 def test_bert_loss_is_the_same_on_the_trimmed_batch():

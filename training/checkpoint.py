@@ -53,7 +53,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core.errors import UserError
-from core.files import atomic_folder, write_json
+from core.files import atomic_folder, read_once, write_json
 from training import distributed
 from training.config import CheckpointSettings
 from training.ema import EMA
@@ -111,8 +111,8 @@ def _write_files(folder: Path, checkpoint: Checkpoint, extra_paths: list[Path]) 
     for source in extra_paths:
         if source.is_dir():
             shutil.copytree(source, folder / source.name)
-        elif source.is_file():
-            shutil.copy2(source, folder / source.name)
+        elif source.is_file():  # the bytes the run read at start-up, not a second read
+            (folder / source.name).write_bytes(read_once(source))
     manifest = {
         str(path.relative_to(folder)): {"size": path.stat().st_size, "sha256": _sha256(path)}
         for path in sorted(folder.rglob("*")) if path.is_file()

@@ -137,6 +137,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Maximum of `tensor` over ranks, in place, and return it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def wrap_ddp(model: torch.nn.Module, context: DistContext) -> torch.nn.parallel.DistributedDataParallel:
     """`model` under DistributedDataParallel, its gradients *summed* over ranks.
 

@@ -6,6 +6,9 @@ lives behind its plugin (`models.interface.ArchPlugin`) and its data kind
 (`dataset.stream.DataKind`).
 
 One optimiser step:
+0. with several processes and trimmed batches, widen this rank's batch to the widest
+   rank's (one all-reduce of one number, `widened_to_every_rank`): every rank then
+   holds its slice of the batch one process would have served;
 1. split this rank's slice of the global batch into micro-batches (`micro_batch_size`)
    and count, before any forward, the items each loss term averages over in the whole
    global batch (one small all-reduce);
@@ -45,7 +48,7 @@ from training.metrics import (
     progress_display,
     progress_fields,
 )
-from training.prefetch import device_batches, to_device
+from training.prefetch import device_batches, to_device, widened_to_every_rank
 from training.signals import StopRequest
 from training.state import RunContext, TrainState
 
@@ -331,6 +334,8 @@ def fit(state: TrainState, ctx: RunContext) -> None:
         while state.step < last_step and not stopping:
             with meter.waiting():
                 item = next(batches)
+            # Outside the data wait: on CUDA the all-reduce also waits for the last step's queued work.
+            item = widened_to_every_rank(item, state.stream.column_padding, ctx.dist.device)
             counts = ctx.plugin.count_batch(item.host)
             stopping = train_step(state, ctx, item.device, stop, accumulator, counts["tokens"])
             state.stream_state = item.stream_state

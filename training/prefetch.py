@@ -10,6 +10,10 @@ On CUDA a `Prefetcher` thread reads `depth` batches ahead, pins them and starts 
 copies on a side CUDA stream; the consumer's stream waits on an event before using them.
 Elsewhere (CPU) batches are read synchronously: there is no separate device to overlap
 with, and a thread would only compete with the compute for the same cores.
+
+A stream that trims each rank's batch to its own rows (`TrainStream.column_padding`) is
+widened to the step's common width by `widened_to_every_rank`, in the loop's thread: it
+holds a collective, which must not run in the reading thread.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from dataset.stream import Batch, TrainStream
+from training import distributed
 
 
 @dataclass
@@ -144,6 +149,38 @@ class Prefetcher:
         self._stop.set()
         self._thread.join()
         self.stream.load_state_dict(self.last.stream_state if self.last is not None else self._start_state)
+
+
+def widened(tensors: dict[str, torch.Tensor], width: int, column_padding: dict[str, int]) -> dict[str, torch.Tensor]:
+    """`tensors` with each (b, w < width) one padded on the right to `width` columns of
+    its key's `column_padding` value (other tensors as they are)."""
+    wide = {}
+    for key, value in tensors.items():
+        if value.ndim != 2 or value.shape[1] >= width:
+            wide[key] = value
+            continue
+        wide[key] = torch.full((value.shape[0], width), column_padding[key], dtype=value.dtype, device=value.device)
+        wide[key][:, : value.shape[1]] = value
+    return wide
+
+
+def widened_to_every_rank(item: DeviceBatch, column_padding: dict[str, int] | None,
+                          device: torch.device) -> DeviceBatch:
+    """`item` with its (b, width) arrays widened to the widest batch any rank holds for this
+    step (`TrainStream.column_padding`): one all-reduce of one number with several processes,
+    none with one. Call it in the main thread, once per step, in step order: every rank
+    must reach the collective at the same point of its program."""
+    if column_padding is None or not distributed.is_distributed():
+        return item
+    local = max(value.shape[1] for value in item.host.values() if value.ndim == 2)
+    width = int(distributed.all_reduce_max(torch.tensor(local, device=device)).item())
+    if width == local:
+        return item
+    # The host batch too: the FLOPs of the step are counted on its shape.
+    host = widened({key: torch.from_numpy(value) for key, value in item.host.items() if value.ndim == 2}, width,
+                   column_padding)
+    return replace(item, host={**item.host, **{key: value.numpy() for key, value in host.items()}},
+                   device=widened(item.device, width, column_padding))
 
 
 def device_batches(stream: TrainStream, device: torch.device) -> Iterator[DeviceBatch]:

@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from core.errors import UserError
-from core.files import write_json
+from core.files import read_once, write_json
 
 PUZZLE_ARRAY_FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 
@@ -166,5 +166,4 @@ def read_puzzle_metadata(split_dir: str | os.PathLike) -> PuzzleDatasetMetadata:
     path = Path(split_dir) / "dataset.json"
     if not path.is_file():
         raise UserError(f"{path} not found: is {Path(split_dir).parent} a dataset built by dataset/build_*.py?")
-    with open(path, encoding="utf-8") as file:
-        return PuzzleDatasetMetadata.model_validate(json.load(file))
+    return PuzzleDatasetMetadata.model_validate(json.loads(read_once(path)))

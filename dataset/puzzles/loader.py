@@ -196,6 +196,7 @@ class PuzzleTrainStream:
         self.global_batch_size = global_batch_size
         self.rank, self.world_size = rank, world_size
         self.examples_per_epoch = self.metadata.total_groups * self.metadata.mean_puzzle_examples
+        self.column_padding = None  # puzzles always have their full width
         self._index_groups()
         if self._puzzle_num_examples.sum() == 0 or len(self._group_first_puzzle) == 0:
             raise UserError(f"the train split of {paths} has no examples; rebuild the dataset")

@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.errors import UserError
+from core.files import read_once
 from dataset.stream import open_npy
 from dataset.text.format import TokenIdFields, TokenizerFields
 
@@ -93,9 +94,8 @@ def read_task_metadata(path: str | Path) -> TaskDatasetMetadata:
     if not file.is_file():
         raise UserError(f"{path} is not a fine-tuning dataset (no dataset.json at its root); {BUILDER_HINT}")
     try:
-        with open(file, encoding="utf-8") as handle:
-            raw = json.load(handle)
-    except json.JSONDecodeError as error:
+        raw = json.loads(read_once(file))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{file} is not JSON ({error}); {BUILDER_HINT}") from None
     if isinstance(raw, dict) and "mask_prob" in raw:
         raise UserError(f"{path} is an MLM (pretraining) dataset; fine-tuning archs read a task dataset: {BUILDER_HINT}")

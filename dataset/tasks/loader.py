@@ -2,8 +2,10 @@
 batches (the contract is `dataset.stream`).
 
 Batches are padded only to the longest row of the global batch (rounded up to
-`trim_padding_to_multiple`), decided on the global batch so every rank keeps the same
-width: short single sentences then cost what their tokens cost. Every batch has
+`trim_padding_to_multiple`): short single sentences then cost what their tokens cost. A
+training rank cuts its batch after its own rows' longest and the loop widens every rank's
+to the widest (`column_padding`), so no rank reads another's rows; an evaluation batch is
+cut to its global batch's width directly. Every batch has
 `input_ids`, `token_type_ids` (int64 (B, L)), `attention_mask` (bool (B, L)), `row_index`
 (int64 (B,), the row in its split, -1 for the rows that fill the last evaluation batch)
 and `example_index` (int64 (B,)), plus the task's labels: `labels` (int64 (B,) classes,
@@ -21,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.batching import rank_rows
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError
-from dataset.stream import Batch, EpochOrder, EvalBatches, trimmed_width
+from dataset.stream import Batch, EpochOrder, EvalBatches, token_column_padding, trimmed_width
 from dataset.tasks.format import TRAIN, TaskDatasetMetadata, load_split, load_task_metadata
 
 
@@ -33,12 +35,12 @@ class TaskDataOptions(BaseModel):
     masking: None = None
     """Masking is for pretraining; the fine-tuning presets set bert.yaml's section to null."""
     trim_padding_to_multiple: int | None = Field(default=8, gt=0)
-    """Batches drop their trailing all-padding columns (decided on the global batch),
-    keeping a multiple of this many; None always serves the full sequence length."""
+    """Batches drop their trailing all-padding columns (as many as every row of the global
+    batch has), keeping a multiple of this many; None always serves the full sequence length."""
 
 
 def _width(ids: np.ndarray, pad_id: int, options: TaskDataOptions) -> int:
-    """Columns a global batch of `ids` keeps (all of them when trimming is off)."""
+    """Columns a batch of `ids` keeps (all of them when trimming is off)."""
     multiple = options.trim_padding_to_multiple
     return ids.shape[1] if multiple is None else trimmed_width(ids, pad_id, multiple)
 
@@ -79,8 +81,10 @@ class TaskTrainStream:
 
     Epoch e visits every training row in the order of `EpochOrder(seed, ...)`;
     global batches are consecutive chunks of that stream, spanning epochs. The state is
-    the absolute stream position, so resuming needs no replay; each rank keeps its slice
-    of the global batch, so 1 and N processes train on the same batches.
+    the absolute stream position, so resuming needs no replay; each rank orders and reads
+    only its slice of the global batch, cut after its own longest row (`column_padding`
+    says how the loop widens it to the step's width), so 1 and N processes train on the
+    same batches.
     """
 
     def __init__(self, paths: list[str], options: TaskDataOptions, seed: int, global_batch_size: int, rank: int,
@@ -92,19 +96,20 @@ class TaskTrainStream:
         if self.num_rows == 0:
             raise UserError(f"the train split of {paths[0]} has no rows; rebuild the dataset with --train-files")
         self.options = options
+        self.column_padding = (None if options.trim_padding_to_multiple is None
+                               else token_column_padding(self.metadata.pad_id))
         self.global_batch_size = global_batch_size
         self.examples_per_epoch = float(self.num_rows)
         self._position = 0
         self._order = EpochOrder(seed, self.num_rows)
 
     def next_batch(self) -> Batch:
-        """This rank's slice of the next global batch."""
+        """This rank's slice of the next global batch, cut after its own longest row."""
         first, stop = self._rows_of_rank
-        global_rows = self._order.rows(self._position, self.global_batch_size)  # (B,)
+        rows = self._order.rows(self._position + first, stop - first)  # (b,)
         self._position += self.global_batch_size
-        ids = np.asarray(self.arrays["input_ids"][global_rows])  # (B, L), read once for the width and the batch
-        width = _width(ids, self.metadata.pad_id, self.options)
-        return _take(self.arrays, global_rows[first:stop], ids[first:stop], width, self.metadata)
+        ids = np.asarray(self.arrays["input_ids"][rows])  # (b, L), read once for the width and the batch
+        return _take(self.arrays, rows, ids, _width(ids, self.metadata.pad_id, self.options), self.metadata)
 
     def state_dict(self) -> dict[str, int]:
         """Rows served so far (all ranks together), and the dataset size as a check."""

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError
+from core.files import read_once
 from dataset.stream import seeded_rng
 
 SPLITS = ("train", "test")
@@ -167,9 +168,8 @@ def read_mlm_metadata(path: str | Path) -> MLMDatasetMetadata:
     if not file.is_file():
         raise UserError(f"{path} is not an MLM dataset (no dataset.json at its root); {BUILDER_HINT}")
     try:
-        with open(file, encoding="utf-8") as handle:
-            return MLMDatasetMetadata.model_validate(json.load(handle))
-    except (json.JSONDecodeError, ValidationError) as error:
+        return MLMDatasetMetadata.model_validate(json.loads(read_once(file)))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as error:
         first = str(error).splitlines()[0]
         raise UserError(f"{file} is not MLM dataset metadata ({first}); {BUILDER_HINT}") from None
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.batching import rank_rows
 from core.constants import IGNORE_LABEL_ID
 from core.errors import UserError
-from dataset.stream import Batch, EpochOrder, EvalBatches, open_npy, padded_width
+from dataset.stream import Batch, EpochOrder, EvalBatches, open_npy, padded_width, token_column_padding
 from dataset.text.format import EXCLUDED_ROWS_FILE, MLMDatasetMetadata, load_mlm_metadata
 from dataset.text.masking import Masker, MaskingConfig, build_masker
 
@@ -204,8 +204,9 @@ class MLMDataOptions(BaseModel):
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     """How the stream chooses the positions to predict; see `MaskingConfig`."""
     trim_padding_to_multiple: int | None = Field(default=8, gt=0)
-    """Training and evaluation batches drop their trailing all-padding columns (decided on
-    the global batch), keeping a multiple of this many; None always serves the full sequence length."""
+    """Training and evaluation batches drop their trailing all-padding columns (as many as
+    every row of the global batch has), keeping a multiple of this many; None always serves
+    the full sequence length."""
 
 
 # -------------------------------------------------------------------------- the streams
@@ -219,10 +220,11 @@ class MLMTrainStream:
     the absolute stream position, so resuming needs no replay. Each rank computes the
     order of, reads and masks only its own rows (masks are keyed by stream position), so
     the result equals `rank_slice` of the single-process batch at a cost that grows with
-    the local batch. With `trim_to_multiple`, the columns after the global batch's longest
-    sequence are dropped (rounded up to the multiple): the same on every rank, and no
-    compute on them. Deciding it looks at the other ranks' rows only when this rank's
-    are all shorter than the full length, and then only at their lengths (`_global_width`).
+    the local batch. With `trim_to_multiple`, the columns after this rank's longest
+    sequence are dropped (rounded up to the multiple), and no compute is spent on them;
+    `column_padding` says how the loop widens the ranks' batches to the widest of the
+    step (the width of the global batch, which one process would have served), so that
+    no rank reads another's rows.
     """
 
     def __init__(
@@ -239,9 +241,10 @@ class MLMTrainStream:
         if trim_to_multiple is not None and trim_to_multiple <= 0:
             raise ValueError(f"trim_to_multiple must be positive or None, got {trim_to_multiple}")
         self.trim_to_multiple = trim_to_multiple
-        """Drop trailing all-padding columns of each global batch, keeping a multiple of
+        """Drop trailing all-padding columns of this rank's batch, keeping a multiple of
         this many; None serves the full `seq_len`."""
         self.metadata = load_mlm_metadata(paths)
+        self.column_padding = None if trim_to_multiple is None else token_column_padding(self.metadata.pad_id)
         self._train = _SplitShards(self.metadata, "train")
         if self._train.num_rows == 0:
             raise UserError(f"the train split of {paths} has no sequences; rebuild the dataset with more text")
@@ -269,25 +272,8 @@ class MLMTrainStream:
         batch = _model_batch(stored, masked, labels, self.metadata)
         if self.trim_to_multiple is None:
             return batch
-        width = self._global_width(start, batch["attention_mask"].sum(axis=1))
-        return _trimmed(batch, width)
-
-    def _global_width(self, start: int, local_lengths: np.ndarray) -> int:
-        """The trimmed width of the global batch at `start`, from this rank's row lengths.
-
-        The width is the longest row of the global batch, rounded up; it is already the
-        full length when one of this rank's rows is long enough (nearly always for
-        packed pretraining data at a large batch), and then no other row is looked at.
-        Otherwise the lengths of every row of the global batch are read (stored lengths:
-        two bytes a row, not its ids), in one vectorised pass: O(global batch), but small.
-        Either way the result is the same on every rank and equal to one process's.
-        """
-        seq_len, multiple = self.metadata.seq_len, self.trim_to_multiple
-        width = padded_width(int(local_lengths.max()), seq_len, multiple)
-        if width < seq_len and self.world_size > 1:
-            rows = self._order.rows(start, self.global_batch_size)  # (B,)
-            width = max(width, padded_width(int(self._train.lengths(rows).max()), seq_len, multiple))
-        return width
+        longest = int(batch["attention_mask"].sum(axis=1).max())
+        return _trimmed(batch, padded_width(longest, self.metadata.seq_len, self.trim_to_multiple))
 
     def state_dict(self) -> dict[str, int]:
         """Examples served so far (all ranks together), and the dataset size as a check."""
