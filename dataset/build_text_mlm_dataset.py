@@ -47,14 +47,18 @@ tokens per split, duplicates and dropped lines, [UNK] rate, word pieces per word
 characters, fill rate), stores it in dataset.json and report.txt, and warns in one line
 when the vocabulary does not fit the text.
 
-Documents stream through a bounded pipeline (tokenised in `--num-workers` processes) into
-numpy shards, so memory does not grow with the corpus (the library behind this command:
-`dataset/text/builder.py`, `build_mlm_dataset(MLMBuildOptions(...))`). Each document goes to the test
+The inputs are cut into units of about 4 MB (at blank lines, row or </doc> ends; a
+compressed or parquet file is one unit) that `--num-workers` processes read, tokenise and
+pack; this process drops repeats and writes the numpy shards, so memory does not grow with
+the corpus (the library behind this command: `dataset/text/builder.py`,
+`build_mlm_dataset(MLMBuildOptions(...))`). With --nsp or --dedup paragraphs the workers
+only tokenise, and this process does the rest. Each document goes to the test
 split by a seeded hash of its text (the first document always trains; with --num-parts, that
 of part 0). The layout of the output folder is described in `dataset/text/format.py`.
 
-Many machines: `--part I --num-parts N` builds only the documents that start in the I-th of
-N equal byte ranges of the inputs, with a tokenizer given by `--tokenizer PATH`; train on
+Many machines: `--part I --num-parts N` builds only the documents of the I-th of N equal
+byte ranges of the inputs (from the first safe cut at or after the range's start to the
+one at or after its end), with a tokenizer given by `--tokenizer PATH`; train on
 the folder of parts (`data_paths="[data/wiki-parts]"`) after removing repeats across them
 with `dataset/exclude_duplicate_documents.py` (BERT_TRAINING.md, "Building on many machines"):
 
@@ -63,7 +67,7 @@ with `dataset/exclude_duplicate_documents.py` (BERT_TRAINING.md, "Building on ma
 
 Stopping and resuming: the build writes into a hidden `.<name>.partial` folder beside
 `--output-dir`, renamed to `--output-dir` only when complete. SIGTERM or Ctrl-C stops it
-at the next chunk (about 1 MB of text) with one line; after that, or after a kill
+at the next unit (about 4 MB of input) with one line; after that, or after a kill
 (SIGKILL, a lost machine), the same command plus `--resume` finishes it, and the result is
 byte for byte the one an uninterrupted build gives (`--num-workers` may change; the other
 options may not). A resumed build reads the finished part of the corpus again without
@@ -111,7 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--nsp", action="store_true", help="sentence pairs with next-sentence labels")
     parser.add_argument("--static-masking", action="store_true", help="mask once at build time (stored)")
-    parser.add_argument("--num-workers", type=int, default=1, help="tokenisation processes (1: in this process)")
+    parser.add_argument("--num-workers", type=int, default=1,
+                        help="processes that read, tokenise and pack the input (1: in this process)")
     parser.add_argument("--shard-size", type=int, default=65536, help="sequences per shard file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
     parser.add_argument("--resume", action="store_true",

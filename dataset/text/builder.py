@@ -2,10 +2,14 @@
 report.txt (`build_mlm_dataset(MLMBuildOptions(...))`; `dataset/build_text_mlm_dataset.py`
 is its command line and documents what each option does).
 
-Documents stream through a bounded pipeline: read and de-duplicated (`dataset.text.corpus`),
-split by a seeded hash, tokenised in chunks (in `num_workers` processes), packed
-(`dataset.text.packing`) and written into numpy shards (`dataset.text.format.ShardWriter`),
-so memory does not grow with the corpus.
+The inputs are cut into units of a few MB (`dataset.text.units`). Worker processes
+(`num_workers`) each read a whole unit, key its documents (`dataset.text.corpus`),
+tokenise and pack them (`dataset.text.packing`); this process takes the units back in
+order, drops repeats, splits by a seeded hash and writes numpy shards
+(`dataset.text.format.ShardWriter`) with array operations, so that it is not what limits
+many workers, and memory does not grow with the corpus (but for the de-duplication set).
+NSP pairs and paragraph de-duplication need every document before, so with `--nsp` or
+`--dedup paragraphs` documents are read and packed here and only tokenised in the workers.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from tqdm import tqdm
 from core.errors import UserError
 from core.files import write_json, write_text
 from dataset.text import corpus as text_corpus
+from dataset.text import units as build_units
 from dataset.text.corpus import CorpusReader, Deduplicator, document_fraction, document_key, expand_input_files
 from dataset.text.format import SPLITS, DocumentIndexWriter, MLMDatasetMetadata, ShardWriter
 from dataset.text.masking import Masker
@@ -98,7 +103,7 @@ class MLMBuildOptions:
     static_masking: bool = False
     """Mask once at build time and store the result."""
     num_workers: int = 1
-    """Tokenisation processes (1: in this process)."""
+    """Processes that read, tokenise and pack the units of the input (1: in this process)."""
     shard_size: int = 65536
     """Sequences per shard file."""
     overwrite: bool = False
@@ -203,7 +208,8 @@ def _fingerprint(options: MLMBuildOptions, files: list[Path]) -> dict:
     """What a resumed build must share with the stopped one: the options that change the output, and the inputs."""
     kept = {name: value for name, value in asdict(options).items() if name not in RESUME_FREE_OPTIONS}
     kept["input_files"] = [(str(path), path.stat().st_size) for path in files]
-    kept["chunk_characters"] = CHUNK_CHARACTERS  # the journal counts chunks
+    kept["chunk_characters"] = CHUNK_CHARACTERS  # the journal counts chunks or units
+    kept["unit_bytes"] = build_units.UNIT_BYTES
     return json.loads(json.dumps(kept))
 
 
@@ -356,8 +362,8 @@ class BuildStats:
     """Line lengths of the first training documents, for the `--max-seq-length` advice."""
     num_documents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     seconds: float = 0.0
-    waited: list[float] = field(default_factory=lambda: [0.0])
-    """Seconds this process spent waiting for its workers (with more than one)."""
+    waited: list[float] | None = None
+    """[seconds this process spent waiting for its workers], when they do whole units."""
 
 
 @dataclass
@@ -537,6 +543,7 @@ def _write_units(options: MLMBuildOptions, units: list[Unit], choice: TokenizerC
     work = UnitWork(options.on_bad_line, options.text_field, options.seed, capacities,
                     np.dtype(targets[0].writers["train"].dtype).name)  # fmt: skip
     done = _load(journal, stats, targets)
+    stats.waited = [0.0] if options.num_workers > 1 else None
     tokenizer_json = choice.tokenizer.to_str()
     # A resumed build reads its finished units again (keys only) for the de-duplication set and the read counts.
     replay = dataclasses.replace(work, keys_only=True)
@@ -678,7 +685,10 @@ def _print_summary(metadata: MLMDatasetMetadata, stats: BuildStats, destination:
     if stats.reader.counters.bad_lines:
         print(f"skipped {stats.reader.counters.bad_lines} malformed rows")
     megabytes = stats.reader.counters.bytes_on_disk / 1e6
+    busy = ""
+    if stats.waited is not None:  # more workers help while this process waits for them
+        busy = f", main process busy {1 - stats.waited[0] / max(stats.seconds, 1e-9):.0%}"
     print(
         f"vocabulary {metadata.vocab_size} ({metadata.tokenizer}), ids {metadata.dtype}; read {megabytes:.1f} MB "
-        f"in {stats.seconds:.1f} s ({megabytes / max(stats.seconds, 1e-9):.1f} MB/s) -> {destination}"
+        f"in {stats.seconds:.1f} s ({megabytes / max(stats.seconds, 1e-9):.1f} MB/s{busy}) -> {destination}"
     )

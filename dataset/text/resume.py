@@ -5,17 +5,19 @@ as an uninterrupted one.
 A build writes into a hidden folder `.<name>.partial` beside `--output-dir` and renames it
 to `--output-dir` only when it is complete. In it, `resume.json` records the options and
 the tokenizer (saved before any shard, so a resumed build never retrains it: WordPiece
-training is not deterministic), and `journal.pkl` the last commit: how many tokenisation
-chunks (`dataset.text.builder.CHUNK_CHARACTERS` of text each, cut at fixed places of the
-document stream) are done and the packing state after them (partly filled shards, NSP
-segment pools, packers, report counts). A commit happens after each chunk that completed
-a shard, and when a stop is asked; the journal is replaced atomically, so a kill leaves
-either the old commit or the new one. Shards written after the last commit are written
-again, identically, on resume.
+training is not deterministic), and `journal.pkl` the last commit: how many steps are
+done and the packing state after them (partly filled shards, NSP segment pools, packers,
+report counts). A step is a unit of the inputs (`dataset.text.units`, about 4 MB, cut at
+fixed places), or with `--nsp` or `--dedup paragraphs` a chunk of the document stream
+(`dataset.text.builder.CHUNK_CHARACTERS` of text). A commit happens after each step that
+completed a shard, and when a stop is asked; the journal is replaced atomically, so a
+kill leaves either the old commit or the new one. Shards written after the last commit
+are written again, identically, on resume.
 
-A resumed build reads the documents of the committed chunks again without tokenising them
-(reading and de-duplication run far faster than tokenising), which rebuilds the
-de-duplication set and the read counters exactly, then loads the journal and continues.
+A resumed build reads the documents of the committed steps again without tokenising them
+(the workers read and key the units; reading runs far faster than tokenising), which
+rebuilds the de-duplication set and the read counters exactly, then loads the journal and
+continues.
 """
 
 from __future__ import annotations
