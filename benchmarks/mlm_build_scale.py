@@ -97,7 +97,8 @@ def builder_worker(corpus: Path, num_workers: int, kind: str) -> dict:
         inside[0] += time.perf_counter() - started
         return result
 
-    builder.process_unit = timed
+    if kind != "builder":  # one worker, in this process (a pool could not pickle the wrapper)
+        builder.process_unit = timed
     with tempfile.TemporaryDirectory(dir=common.CACHE_DIR) as folder:
         start = time.perf_counter()
         builder.build_mlm_dataset(builder.MLMBuildOptions(
