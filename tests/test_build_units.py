@@ -16,7 +16,7 @@ import pytest
 
 from core.errors import UserError
 from dataset.text.corpus import CorpusReader, Deduplicator, document_key, expand_input_files
-from dataset.text.format import DocumentIndexWriter, ShardWriter
+from dataset.text.format import DocumentIndexWriter, ShardWriter, place_rows
 from dataset.text.packing import FullPacker
 from dataset.text.units import plan_units, unit_documents
 from tests.test_text_mlm_builder import build, make_documents, write_text
@@ -104,16 +104,21 @@ def random_rows(rng: np.random.Generator, count: int, capacity: int) -> list[np.
 
 def test_rows_at_once_equal_rows_one_by_one(tmp_path):
     rows = random_rows(np.random.default_rng(0), 40, 10)
-    one_by_one, at_once = writer(tmp_path / "one"), writer(tmp_path / "many")
+    one_by_one, at_once, laid_out = writer(tmp_path / "one"), writer(tmp_path / "many"), writer(tmp_path / "laid")
     for row in rows:
         one_by_one.add(row)
     lengths = np.array([len(row) for row in rows], dtype=np.int64)
     at_once.add_rows(np.concatenate(rows[:13]), lengths[:13])  # across a shard boundary, then the rest
     at_once.add_rows(np.concatenate(rows[13:]), lengths[13:])
-    for target in (one_by_one, at_once):
+    padded = np.full((len(rows), 12), SPECIAL_IDS["[PAD]"], dtype=np.uint16)
+    place_rows(padded, np.concatenate(rows), lengths, SPECIAL_IDS["[CLS]"], SPECIAL_IDS["[SEP]"])
+    laid_out.add_padded(padded[:9], lengths[:9])
+    laid_out.add_padded(padded[9:], lengths[9:])
+    for target in (one_by_one, at_once, laid_out):
         target.flush()
     assert (one_by_one.num_tokens, one_by_one.names) == (at_once.num_tokens, at_once.names)
-    assert written(tmp_path / "one") == written(tmp_path / "many")
+    assert (one_by_one.num_tokens, one_by_one.names) == (laid_out.num_tokens, laid_out.names)
+    assert written(tmp_path / "one") == written(tmp_path / "many") == written(tmp_path / "laid")
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -410,13 +410,13 @@ class _Target:
                                                   lengths[split_of_document == index])  # fmt: skip
             return
         split_of_row = np.repeat(split_of_document.astype(np.int8), packed.rows_per_document)
-        split_of_token = np.repeat(split_of_row, packed.row_lengths)
         for index, split in enumerate(SPLITS):
             writer, documents = self.writers[split], np.flatnonzero(split_of_document == index)
             rows = packed.rows_per_document[documents]
             first_rows = writer.num_sequences + writer.rows + np.cumsum(rows) - rows
             self.indexes[split].add_many(result.keys[documents], first_rows, rows)
-            writer.add_rows(packed.tokens[split_of_token == index], packed.row_lengths[split_of_row == index])
+            in_split = split_of_row == index
+            writer.add_padded(packed.rows[in_split], packed.row_lengths[in_split])
 
     def finish(self) -> None:
         """Write what the packers and writers still hold, and the document indexes."""
@@ -539,9 +539,10 @@ def _load(journal: BuildJournal, stats: BuildStats, targets: list[_Target]) -> i
 def _write_units(options: MLMBuildOptions, units: list[Unit], choice: TokenizerChoice, targets: list[_Target],
                  journal: BuildJournal, stats: BuildStats, bar: tqdm) -> None:  # fmt: skip
     """The build with the workers doing all but de-duplication and writing: a unit at a time, in order."""
-    capacities = () if options.packing == "full" else tuple(target.capacity for target in targets)
-    work = UnitWork(options.on_bad_line, options.text_field, options.seed, capacities,
-                    np.dtype(targets[0].writers["train"].dtype).name)  # fmt: skip
+    layouts = () if options.packing == "full" else tuple((target.seq_len, target.capacity) for target in targets)
+    ids = choice.special_ids
+    work = UnitWork(options.on_bad_line, options.text_field, options.seed, layouts,
+                    np.dtype(targets[0].writers["train"].dtype).name, (ids["[PAD]"], ids["[CLS]"], ids["[SEP]"]))  # fmt: skip
     done = _load(journal, stats, targets)
     stats.waited = [0.0] if options.num_workers > 1 else None
     tokenizer_json = choice.tokenizer.to_str()

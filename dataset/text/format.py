@@ -311,6 +311,16 @@ class DocumentIndexWriter:
         self._scratch.unlink()
 
 
+def place_rows(out: np.ndarray, tokens: np.ndarray, row_lengths: np.ndarray, cls_id: int, sep_id: int) -> None:
+    """Lay out `[CLS] row [SEP]` at the start of each row of `out` ((n, L), padding
+    elsewhere); `tokens` holds the rows' text tokens one after another, `row_lengths`
+    (int64) how many each has."""
+    columns = np.arange(out.shape[1])  # (L,)
+    # Row-major order of the text positions is the order of `tokens`.
+    out[(columns >= 1) & (columns <= row_lengths[:, None])] = tokens
+    out[:, 0], out[np.arange(len(row_lengths)), 1 + row_lengths] = cls_id, sep_id
+
+
 class ShardWriter:
     """Writes the sequences of one split into fixed-size numpy shards."""
 
@@ -350,21 +360,32 @@ class ShardWriter:
         """Append `[CLS] A [SEP]` for many rows at once, as `add` would one by one (`tokens`:
         the rows' text tokens one after another; `row_lengths`: int64 tokens per row)."""
         first = offset = 0
-        columns = np.arange(self.seq_len)  # (L,)
         while first < len(row_lengths):
             count = min(len(row_lengths) - first, self.shard_size - self.rows)
             lengths = row_lengths[first : first + count]  # (count,)
             size = int(lengths.sum())
-            rows = self.ids[self.rows : self.rows + count]  # (count, L) view
-            # Row-major order of the text positions is the order of `tokens`.
-            rows[(columns >= 1) & (columns <= lengths[:, None])] = tokens[offset : offset + size]
-            rows[:, 0], rows[np.arange(count), 1 + lengths] = self.cls_id, self.sep_id
-            self.nsp_labels[self.rows : self.rows + count] = IGNORE_LABEL_ID
-            self.rows += count
-            self.num_tokens += size + 2 * count
+            place_rows(self.ids[self.rows : self.rows + count], tokens[offset : offset + size], lengths,
+                       self.cls_id, self.sep_id)  # fmt: skip
+            self._added(count, size)
             first, offset = first + count, offset + size
-            if self.rows == self.shard_size:
-                self.flush()
+
+    def add_padded(self, rows: np.ndarray, row_lengths: np.ndarray) -> None:
+        """Append rows already laid out by `place_rows` ((n, L) in the storage dtype, the
+        rest padding; `row_lengths`: text tokens per row), as `add` would one by one."""
+        first = 0
+        while first < len(rows):
+            count = min(len(rows) - first, self.shard_size - self.rows)
+            self.ids[self.rows : self.rows + count] = rows[first : first + count]
+            self._added(count, int(row_lengths[first : first + count].sum()))
+            first += count
+
+    def _added(self, count: int, text_tokens: int) -> None:
+        """Account for `count` rows of `[CLS] A [SEP]` just placed in the buffer."""
+        self.nsp_labels[self.rows : self.rows + count] = IGNORE_LABEL_ID
+        self.rows += count
+        self.num_tokens += text_tokens + 2 * count
+        if self.rows == self.shard_size:
+            self.flush()
 
     def flush(self) -> None:
         """Write the buffered rows as the next shard (and its companions)."""

@@ -29,6 +29,7 @@ import numpy as np
 
 from dataset.text import corpus as text_corpus
 from dataset.text.corpus import CorpusReader, ReadCounters, document_fraction, document_key
+from dataset.text.format import place_rows
 from dataset.text.packing import pack_lines
 from dataset.text.tokenizer import continuation_mask
 
@@ -144,21 +145,23 @@ class UnitWork:
     on_bad_line: str
     text_field: str
     seed: int
-    capacities: tuple[int, ...]
-    """Text tokens per row of each sequence length (`--packing documents`); empty with
-    `--packing full`, which needs the documents' tokens instead."""
+    layouts: tuple[tuple[int, int], ...]
+    """(sequence length, text tokens per row) of each length (`--packing documents`); empty
+    with `--packing full`, which needs the documents' tokens instead."""
     dtype: str
     """How token ids are sent back (the shards' storage dtype)."""
+    special_ids: tuple[int, int, int]
+    """[PAD], [CLS] and [SEP]: rows are sent back laid out as the shards hold them."""
     keys_only: bool = False
     """Read and key the documents only (a resumed build replaying its finished units)."""
 
 
 @dataclass
 class Packed:
-    """The rows of one sequence length of a unit's documents (`pack_lines`), text tokens only."""
+    """The rows of one sequence length of a unit's documents (`pack_lines`), laid out as in a shard."""
 
-    tokens: np.ndarray
-    """Every row's tokens, concatenated."""
+    rows: np.ndarray
+    """(rows, L) in the storage dtype: `[CLS] text [SEP]` and padding (`place_rows`)."""
     row_lengths: np.ndarray
     """int64 [rows]."""
     rows_per_document: np.ndarray
@@ -229,9 +232,9 @@ def process_unit(unit: Unit) -> UnitResult:
     result.lines_per_document = np.fromiter(map(len, documents), dtype=np.int64, count=len(documents))
     result.line_counts = _line_counts(ids, lengths, text_corpus.sentence_counts(lines))
     result.unknown_characters = text_corpus.unknown_characters_by_line(lines, ids, lengths)
-    if work.capacities:
-        result.packed = [_pack(ids, lengths, result.lines_per_document, capacity, work.dtype)
-                         for capacity in work.capacities]  # fmt: skip
+    if work.layouts:
+        result.packed = [_pack(ids, lengths, result.lines_per_document, layout, work)
+                         for layout in work.layouts]  # fmt: skip
     else:
         result.tokens = ids.astype(work.dtype)
     return result
@@ -251,8 +254,10 @@ def _line_counts(ids: np.ndarray, lengths: np.ndarray, sentences: np.ndarray) ->
     return np.stack([lengths, sentences.astype(np.int64), per_line(unknown), per_line(starts_word), per_line(split_word)])
 
 
-def _pack(ids: np.ndarray, lengths: np.ndarray, lines_per_document: np.ndarray, capacity: int, dtype: str) -> Packed:
-    """Each document's lines packed into rows of at most `capacity` tokens."""
+def _pack(ids: np.ndarray, lengths: np.ndarray, lines_per_document: np.ndarray, layout: tuple[int, int],
+          work: UnitWork) -> Packed:  # fmt: skip
+    """Each document's lines packed into rows of at most `capacity` text tokens, laid out in rows of `seq_len`."""
+    (seq_len, capacity), (pad_id, cls_id, sep_id), dtype = layout, work.special_ids, work.dtype
     line_ids = np.split(ids.astype(dtype), np.cumsum(lengths)[:-1]) if len(lengths) else []
     rows: list[np.ndarray] = []
     rows_per_document = np.zeros(len(lines_per_document), dtype=np.int64)
@@ -263,5 +268,6 @@ def _pack(ids: np.ndarray, lengths: np.ndarray, lines_per_document: np.ndarray, 
         rows_per_document[index] = len(segments)
         first += count
     row_lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    tokens = np.concatenate(rows) if rows else np.zeros(0, dtype=dtype)
-    return Packed(tokens, row_lengths, rows_per_document)
+    laid_out = np.full((len(rows), seq_len), pad_id, dtype=dtype)
+    place_rows(laid_out, np.concatenate(rows) if rows else np.zeros(0, dtype=dtype), row_lengths, cls_id, sep_id)
+    return Packed(laid_out, row_lengths, rows_per_document)
