@@ -424,6 +424,7 @@ class _Target:
             packer.finish()
         for writer in self.writers.values():
             writer.flush()
+            writer.remove_pending()
         for index in self.indexes.values():
             index.close()
 

@@ -335,6 +335,8 @@ class ShardWriter:
         self.ids = np.full((self.shard_size, self.seq_len), self.pad_id, dtype=dtype)  # (S, L)
         self.nsp_labels = np.zeros(self.shard_size, dtype=np.int8)  # (S,)
         self.rows = 0
+        self._saved = 0  # buffered rows already in the pending files (`state_dict`)
+        self._committed_shard = 0
         self.names: list[str] = []
         self.shard_rows: list[int] = []
         self.num_sequences = self.num_tokens = 0
@@ -407,20 +409,50 @@ class ShardWriter:
         self.shard_rows.append(self.rows)
         self.num_sequences += self.rows
         self.ids.fill(self.pad_id)
-        self.rows = 0
+        self.rows = self._saved = 0
 
     def state_dict(self) -> dict:
-        """What `load_state_dict` needs to continue this writer exactly (the buffered rows, not the whole buffer)."""
-        return {"ids": self.ids[: self.rows].copy(), "nsp_labels": self.nsp_labels[: self.rows].copy(),
-                "names": list(self.names), "shard_rows": list(self.shard_rows), "num_sequences": self.num_sequences,
-                "num_tokens": self.num_tokens}  # fmt: skip
+        """What `load_state_dict` needs to continue this writer exactly. The buffered rows
+        are not in it: they are appended, those added since the last call only, to the
+        pending files of the shard being filled, so that a resumable build writes each row
+        once there however often it commits (not a whole shard's buffer per commit)."""
+        shard = len(self.names)
+        for kind, values in (("ids", self.ids), ("nsp", self.nsp_labels)):
+            # Nothing of this shard saved yet: what the file holds is a killed build's.
+            with open(self._pending(shard, kind), "ab" if self._saved else "wb") as handle:
+                values[self._saved : self.rows].tofile(handle)
+        self._saved = self.rows
+        # The journal on disk still names the shard of the call before: keep its files until the next call.
+        self._remove_pending(lambda index: index < min(shard, self._committed_shard))
+        self._committed_shard = shard
+        return {"rows": self.rows, "names": list(self.names), "shard_rows": list(self.shard_rows),
+                "num_sequences": self.num_sequences, "num_tokens": self.num_tokens}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a `state_dict()` (a resumed build)."""
-        self.rows = len(state["ids"])
-        self.ids[: self.rows], self.nsp_labels[: self.rows] = state["ids"], state["nsp_labels"]
+        """Continue from a `state_dict()` (a resumed build): the buffered rows come back from
+        the pending files, cut to the rows the state counted."""
         self.names, self.shard_rows = list(state["names"]), list(state["shard_rows"])
         self.num_sequences, self.num_tokens = state["num_sequences"], state["num_tokens"]
+        shard, self.rows = len(self.names), state["rows"]
+        for kind, values in (("ids", self.ids), ("nsp", self.nsp_labels)):
+            path = self._pending(shard, kind)
+            with open(path, "r+b") as handle:
+                handle.truncate(self.rows * values[0].nbytes)
+                values[: self.rows] = np.fromfile(handle, dtype=values.dtype).reshape(values[: self.rows].shape)
+        self._saved, self._committed_shard = self.rows, shard
+        self._remove_pending(lambda index: index > shard)  # written after the commit
+
+    def remove_pending(self) -> None:
+        """Remove every pending file (the build is complete)."""
+        self._remove_pending(lambda index: True)
+
+    def _pending(self, shard: int, kind: str) -> Path:
+        return self.folder / f".pending_{shard:05d}.{kind}"
+
+    def _remove_pending(self, chosen) -> None:
+        for path in self.folder.glob(".pending_*"):
+            if chosen(int(path.name.split("_")[1].split(".")[0])):
+                path.unlink()
 
     def _static_masks(self, ids: np.ndarray, shard_index: int) -> tuple[np.ndarray, np.ndarray]:
         """Masked ids (storage dtype) and labels (int32) of a shard, masked in blocks of rows

@@ -12,7 +12,11 @@ fixed places), or with `--nsp` or `--dedup paragraphs` a chunk of the document s
 (`dataset.text.builder.CHUNK_CHARACTERS` of text). A commit happens after each step that
 completed a shard, and when a stop is asked; the journal is replaced atomically, so a
 kill leaves either the old commit or the new one. Shards written after the last commit
-are written again, identically, on resume.
+are written again, identically, on resume. The rows of shards not yet complete are not
+in the journal: each commit appends those added since the one before to the shard's
+hidden `<split>/.pending_<shard>.*` files (`ShardWriter.state_dict`), so a commit costs
+what changed, not a whole shard buffer (16 MB at length 128, 64 MB at 512, per split
+and length); the finished build removes them.
 
 A resumed build reads the documents of the committed steps again without tokenising them
 (the workers read and key the units; reading runs far faster than tokenising), which
