@@ -118,6 +118,12 @@ def _compression(head: bytes) -> str | None:
     return None
 
 
+def is_compressed(path: Path) -> bool:
+    """Whether a file is gzip, bzip2 or zstandard data (from its first bytes)."""
+    with open(path, "rb") as raw:
+        return _compression(raw.read(10)) is not None
+
+
 @contextmanager
 def open_decompressed(path: Path) -> Iterator[tuple[IO[bytes], IO[bytes]]]:
     """(decompressed binary stream, raw file) of `path`; the raw file's `tell()` is the
@@ -502,9 +508,7 @@ def _range_reader(raw: IO[bytes], size: int) -> Iterator[bytes]:
 @contextmanager
 def _seekable_copy(path: Path) -> Iterator[Path]:
     """`path` itself, or for a compressed file a decompressed temporary copy (parquet needs to seek)."""
-    with open(path, "rb") as raw:
-        compressed = _compression(raw.read(10)) is not None
-    if not compressed:
+    if not is_compressed(path):
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="parquet-") as folder:

@@ -80,7 +80,7 @@ def plan_units(files: list[Path], part: int = 0, num_parts: int = 1, unit_bytes:
             continue
         low, high = max(first - offset, 0), min(last - offset, size)
         kind = text_corpus.detect_format(path)
-        if kind not in CUT_AFTER or _is_compressed(path):
+        if kind not in CUT_AFTER or text_corpus.is_compressed(path):
             units.append(Unit(str(path), kind, low, high, whole_file=True, first_of_file=True))
             continue
         with open(path, "rb") as raw:
@@ -88,11 +88,6 @@ def plan_units(files: list[Path], part: int = 0, num_parts: int = 1, unit_bytes:
         units.extend(Unit(str(path), kind, start, stop, whole_file=False, first_of_file=index == 0)
                      for index, (start, stop) in enumerate(zip(cuts, cuts[1:])))  # fmt: skip
     return units
-
-
-def _is_compressed(path: Path) -> bool:
-    with open(path, "rb") as raw:
-        return text_corpus._compression(raw.read(10)) is not None
 
 
 def _cuts(raw: IO[bytes], pattern: re.Pattern, low: int, high: int, size: int, unit_bytes: int) -> list[int]:
