@@ -31,6 +31,15 @@ SAMPLE_LINES = 100_000
 """Lines of training documents whose lengths are kept to estimate the fill of other lengths."""
 
 
+def word_flags(ids: np.ndarray, continuation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """bool (tokens,) twice: whether each token starts a word, and whether it starts a word
+    of several pieces (a word start followed by a continuation piece `##x`)."""
+    starts_word = ~continuation[ids]
+    split_word = np.zeros_like(starts_word)
+    split_word[:-1] = starts_word[:-1] & ~starts_word[1:]
+    return starts_word, split_word
+
+
 class ReportCounter:
     """Per-split counts of the tokenised text, added chunk by chunk."""
 
@@ -46,10 +55,7 @@ class ReportCounter:
             unknown_characters: dict[str, int]) -> None:
         """Count one tokenised chunk; `split_of_line` is 0 (train) or 1 (test) per line."""
         split_of_token = np.repeat(split_of_line, line_lengths)  # (tokens,)
-        starts_word = ~self.continuation[ids]  # (tokens,)
-        # A word of several pieces: a word start followed by a continuation piece.
-        split_word = np.zeros_like(starts_word)
-        split_word[:-1] = starts_word[:-1] & ~starts_word[1:]
+        starts_word, split_word = word_flags(ids, self.continuation)
         per_token = {"text_tokens": None, "unknown_tokens": ids == self.unk_id, "words": starts_word,
                      "split_words": split_word}
         for index, split in enumerate(SPLITS):

@@ -31,6 +31,7 @@ from dataset.text import corpus as text_corpus
 from dataset.text.corpus import CorpusReader, ReadCounters, document_fraction, document_key
 from dataset.text.format import place_rows
 from dataset.text.packing import pack_lines
+from dataset.text.report import word_flags
 from dataset.text.tokenizer import continuation_mask
 
 UNIT_BYTES = 1 << 22
@@ -237,9 +238,7 @@ def process_unit(unit: Unit) -> UnitResult:
 
 def _line_counts(ids: np.ndarray, lengths: np.ndarray, sentences: np.ndarray) -> np.ndarray:
     """`LINE_COUNTS` of each line, counted as `ReportCounter.add` counts a chunk."""
-    starts_word = ~_unit_worker.continuation[ids]  # (tokens,)
-    split_word = np.zeros_like(starts_word)
-    split_word[:-1] = starts_word[:-1] & ~starts_word[1:]
+    starts_word, split_word = word_flags(ids, _unit_worker.continuation)  # (tokens,) each
     line_of_token = np.repeat(np.arange(len(lengths)), lengths)  # (tokens,)
 
     def per_line(flags: np.ndarray) -> np.ndarray:
